@@ -1,0 +1,308 @@
+"""Checkpoints: a directory of safetensors and JSON, written atomically, never pickled.
+
+Layout of one checkpoint directory::
+
+    model.safetensors        weights under clean names (no ``_orig_mod.`` / ``module.``)
+    config.json              {"format": ..., "version": 1, "model": GPTConfig.to_dict()}
+    tokenizer/               tokenizer.save(dir), when a tokenizer is given
+    optimizer.safetensors    optimizer tensors; param groups as JSON metadata   (training only)
+    train_state.json         step, scheduler, RNG states, data position, ...   (training only)
+
+A run directory keeps its checkpoints in ``RUN_DIR/checkpoints/step-00000250`` and so on.
+The whole directory is written under a temporary name and renamed into place, so a crash or
+SIGKILL during a save leaves the previous checkpoints untouched and loadable.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.fileio import atomic_path
+
+FORMAT = "scratchllm-checkpoint"
+VERSION = 1
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "train_state.json"
+TOKENIZER_DIR = "tokenizer"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    tokenizer: Any = None,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    train_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory at ``path`` atomically and return its path.
+
+    ``model`` may be compiled or wrapped in DistributedDataParallel: the weights are saved
+    under the plain model's names. ``train_state`` must be JSON-serialisable.
+
+    >>> save_checkpoint("ckpt", model, tokenizer)               # doctest: +SKIP
+    >>> model, tokenizer = load_checkpoint("ckpt")              # doctest: +SKIP
+    """
+    path = Path(path)
+    model = unwrap_model(model)
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        tensors, tied = _dedupe_tied(model.state_dict())
+        save_file(tensors, tmp / MODEL_FILE, metadata={"format": FORMAT, "tied": json.dumps(tied)})
+        config = {"format": FORMAT, "version": VERSION, "model": model.config.to_dict()}
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        if tokenizer is not None:
+            tokenizer.save(tmp / TOKENIZER_DIR)
+        if optimizer is not None:
+            tensors, groups = _flatten_optimizer(optimizer.state_dict())
+            save_file(tensors, tmp / OPTIMIZER_FILE, metadata={"param_groups": json.dumps(groups)})
+        if train_state is not None:
+            (tmp / STATE_FILE).write_text(json.dumps(train_state, indent=1) + "\n", encoding="utf-8")
+        for file in tmp.iterdir():
+            _fsync(file)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, *, which: str = "newest", device: str = "cpu") -> tuple[nn.Module, Any]:
+    """Load ``(model, tokenizer)`` from a checkpoint directory or from a run directory.
+
+    For a run directory, ``which`` picks the ``"newest"`` checkpoint or the ``"best"`` by
+    validation loss. The tokenizer is ``None`` when the checkpoint has none. Corrupt or
+    truncated files raise ``ScratchLLMError`` naming the file.
+    """
+    from scratchllm.model import GPT, GPTConfig
+
+    ckpt = find_checkpoint(path, which=which)
+    config = read_json(ckpt / CONFIG_FILE)
+    if config.get("format") != FORMAT or not isinstance(config.get("model"), dict):
+        raise ScratchLLMError(f"{ckpt / CONFIG_FILE} is not a scratchllm checkpoint config")
+    if config.get("version", 0) > VERSION:
+        raise ScratchLLMError(f"{ckpt / CONFIG_FILE} has format version {config['version']}; upgrade scratchllm")
+    model = GPT(GPTConfig.from_dict(config["model"]))
+    load_model_weights(model, ckpt)
+    return model.to(device), load_tokenizer(ckpt)
+
+
+def load_model_weights(model: nn.Module, ckpt: Path) -> None:
+    """Copy the weights in ``ckpt/model.safetensors`` into ``model`` (every name must match)."""
+    file = ckpt / MODEL_FILE
+    tensors = _read_safetensors(file)
+    try:
+        tied = json.loads(_safetensors_metadata(file).get("tied", "{}"))
+        for alias, name in tied.items():
+            tensors[alias] = tensors[name]
+        unwrap_model(model).load_state_dict(tensors, strict=True)
+    except (RuntimeError, KeyError, json.JSONDecodeError) as err:
+        raise ScratchLLMError(f"{file} does not match the model in {ckpt / CONFIG_FILE}: {err}") from None
+
+
+def load_tokenizer(ckpt: Path) -> Any:
+    """The tokenizer saved with a checkpoint, or ``None``."""
+    if not (ckpt / TOKENIZER_DIR).is_dir():
+        return None
+    from scratchllm.tokenizer import BPETokenizer
+
+    try:
+        return BPETokenizer.load(ckpt / TOKENIZER_DIR)
+    except ScratchLLMError:
+        raise
+    except Exception as err:  # a damaged tokenizer file: name it rather than show a traceback
+        raise ScratchLLMError(f"{ckpt / TOKENIZER_DIR} could not be read: {err}") from None
+
+
+def load_training_state(ckpt: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore the optimizer from ``ckpt`` and return its ``train_state.json`` contents."""
+    file = ckpt / OPTIMIZER_FILE
+    tensors = _read_safetensors(file)
+    groups = json.loads(_safetensors_metadata(file)["param_groups"])
+    try:
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, groups))
+    except (ValueError, KeyError) as err:
+        raise ScratchLLMError(f"{file} does not match this model's optimizer: {err}") from None
+    return read_json(ckpt / STATE_FILE)
+
+
+def find_checkpoint(path: str | os.PathLike, *, which: str = "newest") -> Path:
+    """Resolve a checkpoint directory, or the newest/best checkpoint inside a run directory."""
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file() and (path / MODEL_FILE).exists():
+        return path
+    if not path.exists():
+        raise ScratchLLMError(f"checkpoint {path} not found")
+    found = list_checkpoints(path)
+    if not found:
+        raise ScratchLLMError(f"{path} holds no checkpoint ({MODEL_FILE} + {CONFIG_FILE}, or {CHECKPOINTS_DIR}/)")
+    if which == "newest":
+        return found[-1]
+    if which == "best":
+        scored = [(loss, ckpt) for ckpt in found if (loss := checkpoint_val_loss(ckpt)) is not None]
+        return min(scored, key=lambda item: item[0])[1] if scored else found[-1]
+    raise ScratchLLMError(f"which must be 'newest' or 'best', got {which!r}")
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run directory, oldest first (temporaries of a save are skipped)."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step-*") if (p / CONFIG_FILE).is_file() and (p / MODEL_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix("step-")))
+
+
+def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives in a run directory."""
+    return Path(run_dir) / CHECKPOINTS_DIR / f"step-{step:08d}"
+
+
+def checkpoint_val_loss(ckpt: Path) -> float | None:
+    """The validation loss recorded with a checkpoint, if it had one."""
+    try:
+        return read_json(ckpt / STATE_FILE).get("val_loss")
+    except ScratchLLMError:
+        return None
+
+
+def prune_checkpoints(run_dir: str | os.PathLike, keep_last: int) -> None:
+    """Delete all but the ``keep_last`` newest checkpoints and the best one by validation loss."""
+    found = list_checkpoints(run_dir)
+    keep = set(found[-keep_last:]) | {find_checkpoint(run_dir, which="best")} if found else set()
+    for ckpt in found:
+        if ckpt not in keep:
+            shutil.rmtree(ckpt, ignore_errors=True)
+    for stale in (Path(run_dir) / CHECKPOINTS_DIR).glob(".step-*"):  # left by a save that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model under ``torch.compile`` (``_orig_mod``) and DDP (``module``) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def rng_state() -> dict[str, Any]:
+    """The RNG states of python, numpy and torch (CPU and CUDA) as JSON-serialisable values."""
+    state = {
+        "python": _jsonable(random.getstate()),
+        "numpy": _jsonable(np.random.get_state()),
+        "torch": _b64(torch.get_rng_state()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` captured."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_unb64(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
+
+
+def read_json(file: Path) -> dict[str, Any]:
+    """Read a JSON file of a checkpoint; a missing, truncated or corrupt file is named in the error."""
+    try:
+        return json.loads(Path(file).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ScratchLLMError(f"{file} is missing; the checkpoint is incomplete") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ScratchLLMError(f"{file} is corrupt or truncated ({err}); use an earlier checkpoint") from None
+
+
+def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    if not file.is_file():
+        raise ScratchLLMError(f"{file} is missing; the checkpoint is incomplete")
+    try:
+        return load_file(file)
+    except Exception as err:  # safetensors raises its own error types for every kind of damage
+        raise ScratchLLMError(f"{file} is corrupt or truncated ({err}); use an earlier checkpoint") from None
+
+
+def _safetensors_metadata(file: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(file, framework="pt") as f:
+        return f.metadata() or {}
+
+
+def _dedupe_tied(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Keep one copy of tensors shared under several names (tied embeddings): safetensors
+    stores each storage once. Returns the tensors and ``{alias: kept name}``."""
+    tensors: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}
+    seen: dict[tuple[int, tuple[int, ...]], str] = {}
+    for name, tensor in state.items():
+        key = (tensor.data_ptr(), tuple(tensor.shape))
+        if key in seen and tensor.numel() > 0:
+            tied[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = tensor.detach().to("cpu").contiguous()
+    return tensors, tied
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    tensors = {
+        f"state.{index}.{key}": value.detach().to("cpu").contiguous()
+        for index, per_param in state["state"].items()
+        for key, value in per_param.items()
+    }
+    return tensors, state["param_groups"]
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict[str, Any]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = tensor
+    return {"state": state, "param_groups": groups}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def _b64(tensor: torch.Tensor) -> str:
+    return base64.b64encode(tensor.numpy().tobytes()).decode("ascii")
+
+
+def _unb64(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
+def _fsync(path: Path) -> None:
+    if path.is_dir():
+        for child in path.iterdir():
+            _fsync(child)
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
