@@ -1,0 +1,134 @@
+"""``GPTConfig``: every shape and choice of the model in one dataclass, plus named presets.
+
+The config is passed down to every module (nanoGPT style), saved as JSON next to the weights
+(``to_dict``/``from_dict``), and validated up front so that a bad setting fails with one clear
+line instead of a shape error deep inside a forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from scratchllm.errors import ScratchLLMError
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "pos_encoding": ("learned", "sinusoidal", "rope", "none"),
+    "norm": ("layernorm", "rmsnorm"),
+    "ffn": ("gelu", "swiglu"),
+    "impl": ("fused", "explicit"),
+}
+
+
+@dataclass
+class GPTConfig:
+    """The shape of a GPT. Defaults are the book's GPT_CONFIG_124M.
+
+    ``impl`` picks how the same math runs: ``"fused"`` calls torch's one-kernel equivalents
+    (``scaled_dot_product_attention``, ``layer_norm``, ``gelu``), ``"explicit"`` runs the
+    hand-written formulas of this package (masked softmax attention, LayerNorm from mean and
+    variance, the tanh GELU). Tests prove both equal; it can be changed at run time.
+
+    >>> GPTConfig.preset("gpt2-124m", tie_embeddings=True).d_model
+    768
+    """
+
+    vocab_size: int = 50257
+    context_length: int = 1024
+    d_model: int = 768
+    n_heads: int = 12
+    n_layers: int = 12
+    dropout: float = 0.1
+    qkv_bias: bool = False
+    pos_encoding: str = "learned"
+    norm: str = "layernorm"
+    ffn: str = "gelu"
+    tie_embeddings: bool = False
+    impl: str = "fused"
+    ffn_hidden: int | None = None  # None: 4*d_model for gelu, about 8/3*d_model for swiglu
+    norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ScratchLLMError(f"{name}={value!r} is not one of {', '.join(allowed)}{_hint(value, allowed)}")
+        for name in ("vocab_size", "context_length", "d_model", "n_heads", "n_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ScratchLLMError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ScratchLLMError(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                f"pick n_heads among {_divisors(self.d_model)}"
+            )
+        if self.pos_encoding == "rope" and self.head_dim % 2:
+            raise ScratchLLMError(f"rope needs an even head size, got d_model/n_heads={self.head_dim}")
+        if self.pos_encoding == "sinusoidal" and self.d_model % 2:
+            raise ScratchLLMError(f"sinusoidal positions need an even d_model, got {self.d_model}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ScratchLLMError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.ffn_hidden is not None and self.ffn_hidden < 1:
+            raise ScratchLLMError(f"ffn_hidden must be a positive integer or null, got {self.ffn_hidden}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        """Width of the feed-forward layer; SwiGLU's default keeps the parameter count of 4*d GELU."""
+        if self.ffn_hidden is not None:
+            return self.ffn_hidden
+        if self.ffn == "gelu":
+            return 4 * self.d_model
+        return 64 * math.ceil(8 * self.d_model / 3 / 64)
+
+    # -- presets and (de)serialisation ------------------------------------------------------
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> GPTConfig:
+        """A named shape (see ``PRESETS``), with any field overridden."""
+        if name not in PRESETS:
+            raise ScratchLLMError(f"unknown preset {name!r}{_hint(name, PRESETS)}; presets: {', '.join(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
+        """Inverse of ``to_dict``; an unknown key is an error that names the closest field."""
+        fields = [f.name for f in dataclasses.fields(cls)]
+        for key in d:
+            if key not in fields:
+                raise ScratchLLMError(f"unknown config key {key!r}{_hint(key, fields)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every field."""
+        return dataclasses.asdict(self)
+
+
+_GPT2 = dict(vocab_size=50257, context_length=1024, dropout=0.1, qkv_bias=False)
+PRESETS: dict[str, dict[str, Any]] = {
+    # The book's GPT_CONFIG_124M: 163,009,536 parameters untied, 124,412,160 tied.
+    "gpt2-124m": dict(_GPT2, d_model=768, n_heads=12, n_layers=12),
+    "gpt2-medium": dict(_GPT2, d_model=1024, n_heads=16, n_layers=24),
+    "gpt2-large": dict(_GPT2, d_model=1280, n_heads=20, n_layers=36),
+    "gpt2-xl": dict(_GPT2, d_model=1600, n_heads=25, n_layers=48),
+    # nanoGPT's CPU recipe shape (vocab set by the tokenizer you train).
+    "small": dict(vocab_size=50257, context_length=64, d_model=128, n_heads=4, n_layers=4, dropout=0.0),
+    # For tests: builds and runs in milliseconds.
+    "tiny": dict(vocab_size=512, context_length=64, d_model=64, n_heads=4, n_layers=2, dropout=0.0),
+}
+
+
+def _hint(wrong: str, choices: Any) -> str:
+    close = difflib.get_close_matches(str(wrong), list(choices), n=1, cutoff=0.4)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(k) for k in range(1, min(n, 64) + 1) if n % k == 0)

@@ -1,0 +1,205 @@
+"""The GPT: token embedding, position information, a stack of transformer blocks, and a
+linear head that turns each position's final vector into next-token logits.
+
+    x_0 = tok_emb(idx) (+ pos_emb)
+    x_l = x_{l-1} + Attention(Norm(x_{l-1}));  x_l = x_l + FeedForward(Norm(x_l))   (pre-norm)
+    logits = out_head(final_norm(x_L))
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.model.attention import KVCache, MultiHeadAttention, causal_mask
+from scratchllm.model.config import CHOICES, GPTConfig
+from scratchllm.model.layers import FeedForward, make_norm
+from scratchllm.model.positions import rope_cos_sin, sinusoidal_encoding
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm residual block: attention then feed-forward, each added to the stream."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.norm1 = make_norm(config)
+        self.att = MultiHeadAttention(config)
+        self.norm2 = make_norm(config)
+        self.ff = FeedForward(config)
+        self.drop_shortcut = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, rope=None, mask=None, cache: KVCache | None = None, layer: int = 0):
+        x = x + self.drop_shortcut(self.att(self.norm1(x), rope, mask, cache, layer))
+        return x + self.drop_shortcut(self.ff(self.norm2(x)))
+
+
+class GPT(nn.Module):
+    """A GPT built from a ``GPTConfig``; ``model(idx)`` maps token ids (B, T) to logits (B, T, vocab).
+
+    >>> model = GPT(GPTConfig.preset("tiny"))
+    >>> model(torch.zeros(2, 5, dtype=torch.long)).shape
+    torch.Size([2, 5, 512])
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_emb = nn.Embedding(config.context_length, config.d_model) if config.pos_encoding == "learned" else None
+        self.drop_emb = nn.Dropout(config.dropout)
+        self.trf_blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
+        self.final_norm = make_norm(config)
+        self.out_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.out_head.weight = self.tok_emb.weight
+        self._init_weights()
+        self.set_impl(config.impl)
+
+    def _init_weights(self) -> None:
+        """GPT-2's init: N(0, 0.02) weights, zero biases, and the projections that write into the
+        residual stream scaled by 1/sqrt(2 n_layers), so the stream's variance does not grow
+        with depth."""
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
+        for name, p in self.named_parameters():
+            if name.endswith(("out_proj.weight", "fc_out.weight")):
+                nn.init.normal_(p, mean=0.0, std=residual_std)
+            elif name.endswith("weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+
+    def set_impl(self, impl: str) -> None:
+        """Switch every layer between torch's fused kernels ("fused") and the hand-written
+        formulas ("explicit"); the weights and the function stay the same."""
+        if impl not in CHOICES["impl"]:
+            raise ScratchLLMError(f"impl={impl!r} is not one of {', '.join(CHOICES['impl'])}")
+        self.config.impl = impl
+        for module in self.modules():
+            if hasattr(module, "explicit"):
+                module.explicit = impl == "explicit"
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        *,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        last_only: bool = False,
+        record: dict[str, Any] | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab) for token ids ``idx`` (B, T).
+
+        cache: keys/values of earlier positions (generation); the new tokens follow them.
+        positions: absolute positions (T,) or (B, T); default cache.length + arange(T).
+        mask: boolean, broadcastable to (B, 1, T, cache.length + T), True = may attend
+            (left-padded batches); default causal.
+        last_only: compute logits for the last position only (B, 1, vocab).
+        record: a dict to fill with the embeddings and the residual stream after each block.
+        """
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        cfg = self.config
+        if cfg.pos_encoding == "learned" and start + T > cfg.context_length:
+            raise ScratchLLMError(
+                f"{start + T} tokens exceed this model's context_length of {cfg.context_length} "
+                f"(learned positions stop there); crop the input to its last {cfg.context_length} tokens"
+            )
+        if cache is not None and start + T > cache.max_len:
+            raise ScratchLLMError(f"the KV cache holds {cache.max_len} positions, {start + T} were asked for")
+        if mask is None and start > 0 and T > 1:
+            mask = causal_mask(T, start + T, idx.device)
+
+        x = self.tok_emb(idx)  # (B, T, d_model)
+        rope = None
+        if cfg.pos_encoding != "none":
+            if positions is None:
+                positions = torch.arange(start, start + T, device=idx.device)
+            if cfg.pos_encoding == "learned":
+                x = x + self.pos_emb(positions)
+            elif cfg.pos_encoding == "sinusoidal":
+                x = x + sinusoidal_encoding(positions, cfg.d_model).to(x.dtype)
+            else:
+                rope = rope_cos_sin(positions, cfg.head_dim, cfg.rope_base)
+        x = self.drop_emb(x)
+        if record is not None:
+            record["embeddings"] = x.detach()
+            record["residual"] = []
+        for layer, block in enumerate(self.trf_blocks):
+            x = block(x, rope, mask, cache, layer)
+            if record is not None:
+                record["residual"].append(x.detach())
+        if cache is not None:
+            cache.length += T
+        if last_only:
+            x = x[:, -1:]
+        return self.out_head(self.final_norm(x))  # (B, T, vocab)
+
+    @torch.no_grad()
+    def inspect(self, idx: torch.Tensor) -> dict[str, Any]:
+        """Run ``idx`` (B, T) once and return what happens inside, for pictures and the tour:
+
+        embeddings (B, T, d), residual: per block (B, T, d), attention: per block the weights
+        (B, H, T, T) (row i = how much token i reads from each token), logits (B, T, vocab).
+        """
+        attns = [block.att for block in self.trf_blocks]
+        record: dict[str, Any] = {}
+        for att in attns:
+            att.store_attention = True
+        try:
+            record["logits"] = self(idx, record=record)
+            record["attention"] = [att.last_attention for att in attns]
+        finally:
+            for att in attns:
+                att.store_attention, att.last_attention = False, None
+        return record
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """An empty KV cache for ``batch_size`` sequences of up to ``max_len`` positions."""
+        p = self.out_head.weight
+        return KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)
+
+    # -- sizes ------------------------------------------------------------------------------
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Number of parameters (a tied matrix counts once). ``non_embedding`` leaves out the
+        token and position embedding tables (with tied weights the head goes with them)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_emb.weight.numel()
+            if self.pos_emb is not None:
+                n -= self.pos_emb.weight.numel()
+        return n
+
+    def matmul_params(self) -> int:
+        """Weights each token is multiplied by on its way through (every Linear, the head too)."""
+        return sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+
+    def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> int:
+        """FLOPs to process one token at context ``seq_len`` (default context_length):
+        forward 2N + 4 L d T (N = ``matmul_params``; Q K^T and the weighted sum of V cost
+        2 d T each per layer); training (forward + backward) is three times that: 6N + 12 L d T,
+        the estimate of the PaLM paper used for MFU."""
+        cfg = self.config
+        T = seq_len or cfg.context_length
+        forward = 2 * self.matmul_params() + 4 * cfg.n_layers * cfg.d_model * T
+        return 3 * forward if training else forward
+
+    def memory_estimate(self, batch_size: int = 1, seq_len: int | None = None, bytes_per_value: int = 4) -> dict:
+        """Bytes needed, approximately: weights; training state (weights, gradients and AdamW's
+        two moments: 4x the weights); KV cache for ``batch_size`` sequences of ``seq_len``;
+        training activations (Korthikanti et al. 2022: L B T d (34 + 5 H T / d) at 2 bytes)."""
+        cfg = self.config
+        T = seq_len or cfg.context_length
+        weights = self.num_params() * bytes_per_value
+        per_layer_acts = batch_size * T * cfg.d_model * (34 + 5 * cfg.n_heads * T / cfg.d_model) / 2
+        return {
+            "weights": weights,
+            "training_state": 4 * weights,
+            "kv_cache": 2 * cfg.n_layers * batch_size * T * cfg.d_model * bytes_per_value,
+            "activations": int(cfg.n_layers * per_layer_acts * bytes_per_value),
+        }

@@ -1,0 +1,109 @@
+"""The small layers of a transformer block: normalisation, activation and feed-forward.
+
+Each layer is written by hand (``explicit=True`` runs the formula below) and also runs through
+torch's single fused kernel for the same formula (the default, fewer and faster kernels);
+tests/model/test_layers.py checks the two against each other and against torch's modules.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scratchllm.model.config import GPTConfig
+
+
+class LayerNorm(nn.Module):
+    """y = (x - mean) / sqrt(var + eps) * scale + shift, over the last dimension (biased var).
+
+    >>> LayerNorm(4)(torch.tensor([[1.0, 2.0, 3.0, 4.0]])).mean().abs() < 1e-6
+    tensor(True)
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.explicit = False
+        self.scale = nn.Parameter(torch.ones(dim))
+        self.shift = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.explicit:
+            return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)
+        var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.scale + self.shift
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * scale: LayerNorm without centring or shift (Llama)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.explicit = False
+        self.scale = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.explicit:
+            return F.rms_norm(x, self.scale.shape, self.scale, self.eps)
+        return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.scale
+
+
+class GELU(nn.Module):
+    """GELU, tanh form (GPT-2): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.explicit = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.explicit:
+            return F.gelu(x, approximate="tanh")
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: d_model -> hidden -> d_model.
+
+    gelu:   fc_out(GELU(fc_in(x)))                       (GPT-2, the book)
+    swiglu: fc_out(SiLU(x W_gate) * (x W_up))            (Llama); fc_in holds [W_gate; W_up]
+    so that one matmul computes both halves.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.swiglu = config.ffn == "swiglu"
+        hidden = config.hidden_dim
+        self.fc_in = nn.Linear(config.d_model, 2 * hidden if self.swiglu else hidden)
+        self.activation = GELU()
+        self.fc_out = nn.Linear(hidden, config.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc_in(x)  # (B, T, hidden) or (B, T, 2*hidden)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = swiglu(gate, up, explicit=self.activation.explicit)
+        else:
+            h = self.activation(h)
+        return self.fc_out(h)
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor, explicit: bool = False) -> torch.Tensor:
+    """SiLU(gate) * up, where SiLU(z) = z * sigmoid(z).
+
+    >>> swiglu(torch.zeros(2), torch.ones(2))
+    tensor([0., 0.])
+    """
+    if explicit:
+        return gate * torch.sigmoid(gate) * up
+    return F.silu(gate) * up
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    """The normalisation layer the config asks for."""
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.d_model, config.norm_eps)
+    return LayerNorm(config.d_model, config.norm_eps)
