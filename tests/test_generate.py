@@ -1,0 +1,137 @@
+import pytest
+import torch
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.generate import generate, sample_next, stream
+from scratchllm.model import GPT, GPTConfig
+
+POSITIONS = ["learned", "sinusoidal", "rope", "none"]
+
+
+def sharp_model(pos_encoding="learned", **overrides):
+    """A tiny model with large random weights, so attention is far from uniform and the
+    position encoding changes which token wins (GPT-2's init is too flat to test that)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny", pos_encoding=pos_encoding, context_length=32, **overrides))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3 if "emb" in name else 1.5 / p.shape[1] ** 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("pos", POSITIONS)
+def test_cached_greedy_equals_uncached(pos):
+    model = sharp_model(pos)
+    idx = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(1))
+    cached = generate(model, idx, 20)
+    assert torch.equal(cached, generate(model, idx, 20, use_cache=False))
+    assert torch.equal(cached[:, :9], idx) and cached.shape == (2, 29)
+
+
+def test_position_encodings_change_the_output():
+    idx = torch.randint(0, 512, (1, 9), generator=torch.Generator().manual_seed(1))
+    outs = {pos: tuple(generate(sharp_model(pos), idx, 12)[0, 9:].tolist()) for pos in POSITIONS}
+    assert len(set(outs.values())) == len(POSITIONS)
+
+
+@pytest.mark.parametrize("pos", ["sinusoidal", "rope"])
+def test_extrapolating_models_generate_past_the_context(pos):
+    model = sharp_model(pos)  # context_length 32
+    idx = torch.randint(0, 512, (1, 20), generator=torch.Generator().manual_seed(2))
+    cached = generate(model, idx, 30)
+    assert cached.shape == (1, 50)
+    assert torch.equal(cached, generate(model, idx, 30, use_cache=False))
+
+
+@pytest.mark.parametrize("pos", POSITIONS)
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_batched_prompts_of_different_lengths_match_each_alone(pos, use_cache):
+    model = sharp_model(pos)
+    prompts = [[5, 9, 400, 2], [7], [3, 3, 3, 8, 100, 200, 300, 11, 12], [42, 43]]
+    alone = [generate(model, [p], 10, use_cache=use_cache)[0] for p in prompts]
+    assert generate(model, prompts, 10, use_cache=use_cache) == alone
+    assert alone[0] == generate(model, torch.tensor([prompts[0]]), 10)[0].tolist()
+
+
+def test_stop_ids_end_a_row_and_pad_the_rest():
+    model = sharp_model()
+    prompts = [[5, 9, 400, 2], [7, 8]]
+    free = generate(model, prompts, 12)
+    stop = free[0][4 + 3]  # the 4th new token of the first row
+    stopped = generate(model, prompts, 12, stop_ids=[stop], pad_id=511)
+    first_stop = free[0].index(stop, 4)
+    assert stopped[0] == free[0][: first_stop + 1]
+    tokens = list(stream(model, torch.tensor([prompts[0]]), 12, stop_ids=[stop]))
+    assert [int(t) for t in tokens] == free[0][4 : first_stop + 1]
+
+
+def test_stream_yields_the_same_tokens_as_generate():
+    model = sharp_model("rope")
+    idx = torch.tensor([[1, 2, 3, 4]])
+    tokens = [int(t) for t in stream(model, idx, 8, temperature=0.9, top_k=50, seed=3)]
+    assert tokens == generate(model, idx, 8, temperature=0.9, top_k=50, seed=3)[0, 4:].tolist()
+
+
+def test_seed_makes_sampling_reproducible_and_leaves_the_global_rng_alone():
+    model = sharp_model()
+    idx = torch.tensor([[1, 2, 3]])
+    torch.manual_seed(123)
+    expected_global = torch.rand(1)
+    torch.manual_seed(123)
+    a = generate(model, idx, 15, temperature=1.5, seed=7)
+    assert torch.equal(torch.rand(1), expected_global)
+    assert torch.equal(a, generate(model, idx, 15, temperature=1.5, seed=7))
+    assert not torch.equal(a, generate(model, idx, 15, temperature=1.5, seed=8))
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy():
+    model = sharp_model()
+    idx = torch.tensor([[10, 20, 30]])
+    greedy = generate(model, idx, 10)
+    assert torch.equal(generate(model, idx, 10, temperature=1.0, top_k=1, seed=0), greedy)
+    assert torch.equal(generate(model, idx, 10, temperature=1.0, top_p=1e-6, seed=0), greedy)
+
+
+def test_sampling_follows_the_filtered_softmax():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05])).repeat(40_000, 1)
+    g = torch.Generator().manual_seed(0)
+
+    def freq(**kw):
+        return torch.bincount(sample_next(logits, generator=g, **kw), minlength=4).float() / len(logits)
+
+    torch.testing.assert_close(freq(temperature=1.0), torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.01, rtol=0)
+    hot = torch.softmax(logits[0] / 2.0, dim=-1)
+    torch.testing.assert_close(freq(temperature=2.0), hot, atol=0.01, rtol=0)
+    torch.testing.assert_close(freq(temperature=1.0, top_k=2), torch.tensor([0.625, 0.375, 0, 0]), atol=0.01, rtol=0)
+    # nucleus 0.7: the smallest set reaching 0.7 is {0, 1}
+    torch.testing.assert_close(freq(temperature=1.0, top_p=0.7), torch.tensor([0.625, 0.375, 0, 0]), atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(temperature=-0.1), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(top_k=0), "top_k"),
+        (dict(max_new_tokens=-1), "max_new_tokens"),
+    ],
+)
+def test_bad_sampling_settings_are_clear_errors(kwargs, words):
+    model = sharp_model()
+    args = dict(max_new_tokens=3) | kwargs
+    with pytest.raises(ScratchLLMError, match=words):
+        generate(model, torch.tensor([[1, 2]]), **args)
+
+
+def test_prompt_longer_than_a_learned_context_errors_or_crops():
+    model = sharp_model("learned")  # context 32
+    long = torch.randint(0, 512, (1, 40), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ScratchLLMError, match="context_length of 32"):
+        generate(model, long, 5)
+    cropped = generate(model, long, 5, crop=True)
+    assert torch.equal(cropped[:, :40], long)  # the whole prompt comes back, the model saw its last 27
+    assert torch.equal(cropped[:, 40:], generate(model, long[:, -27:], 5)[:, 27:])
+    with pytest.raises(ScratchLLMError, match="every prompt"):
+        generate(model, [[1], []], 2)
