@@ -23,7 +23,7 @@ demo: $(VENV)/.runtime
 	$(BIN)/scratchllm demo
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check scratchllm tests benchmarks
+	$(BIN)/ruff check .
 
 test: lint
 	$(BIN)/python -m pytest
