@@ -1,0 +1,97 @@
+"""Same ids as tiktoken, tokenizers and transformers; GPT-2's real files give GPT-2's ids."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.tokenizer import BPETokenizer
+
+tiktoken = pytest.importorskip("tiktoken")
+
+
+def tiktoken_from_export(tok: BPETokenizer, tmp_path):
+    from tiktoken.load import load_tiktoken_bpe
+
+    path = tok.export_tiktoken(tmp_path / "tok.tiktoken")
+    return tiktoken.Encoding(
+        "ours", pat_str=tok.pattern, mergeable_ranks=load_tiktoken_bpe(str(path)), special_tokens=tok.special_tokens
+    )
+
+
+MIXED = "Ünïcödé façade — 你好世界 🤖👩‍👩‍👧 naïve\r\n\r\n\t\t  x\x00y   \n\n It's 12345 they'll WE'RE\n"
+
+
+def test_gpt2_files_give_gpt2_ids(gpt2_tok, gpt2_tiktoken, shared_data):
+    assert gpt2_tok.encode("Hello, world!") == [15496, 11, 995, 0]
+    assert gpt2_tok.vocab_size == 50257 and gpt2_tok.special_tokens == {"<|endoftext|>": 50256}
+    text = (shared_data / "tinyshakespeare.txt").read_text()[:300_000] + MIXED * 20
+    assert gpt2_tok.encode_ordinary(text) == gpt2_tiktoken.encode_ordinary(text)
+    eot = "a<|endoftext|>b"
+    assert gpt2_tok.encode(eot, allowed_special="all") == gpt2_tiktoken.encode(eot, allowed_special="all")
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=100))
+def test_gpt2_matches_tiktoken_on_any_text(gpt2_tok, gpt2_tiktoken, text):
+    assert gpt2_tok.encode_ordinary(text) == gpt2_tiktoken.encode_ordinary(text)
+
+
+def test_exported_ranks_encode_like_us_on_unseen_text(verdict_tok, shared_data, tmp_path):
+    enc = tiktoken_from_export(verdict_tok, tmp_path)
+    text = (shared_data / "tinyshakespeare.txt").read_text() + MIXED * 20
+    assert verdict_tok.encode_ordinary(text) == enc.encode_ordinary(text)
+    assert verdict_tok.encode("x<|padding|>", allowed_special="all") == enc.encode(
+        "x<|padding|>", allowed_special="all"
+    )
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", r"\w+|\s+|[^\w\s]+"])
+def test_other_patterns_export_to_tiktoken(shared_data, tmp_path, pattern):
+    tok = BPETokenizer.train(shared_data / "the-verdict.txt", 400, pattern=pattern, progress=False)
+    text = (shared_data / "tinyshakespeare.txt").read_text()[:100_000] + MIXED
+    assert tok.encode_ordinary(text) == tiktoken_from_export(tok, tmp_path).encode_ordinary(text)
+
+
+def test_tiktoken_file_round_trip(verdict_tok, gpt2_tok, tmp_path):
+    verdict_tok.export_tiktoken(tmp_path / "v.tiktoken")
+    assert BPETokenizer.from_tiktoken(tmp_path / "v.tiktoken") == verdict_tok
+    gpt2_tok.export_tiktoken(tmp_path / "g.tiktoken")
+    assert BPETokenizer.from_tiktoken(tmp_path / "g.tiktoken") == gpt2_tok
+    named = BPETokenizer.from_tiktoken(tmp_path / "g.tiktoken", pattern="gpt2", special_tokens=["<|x|>"])
+    assert named.special_tokens == {"<|x|>": 50256}
+    (tmp_path / "bad.tiktoken").write_text("IQ== 0\nnot base64! 1\n")
+    with pytest.raises(ScratchLLMError, match="line 2"):
+        BPETokenizer.from_tiktoken(tmp_path / "bad.tiktoken")
+
+
+@pytest.fixture(scope="module")
+def hf_files(verdict_tok, gpt2_tok, tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    return {
+        "verdict": (verdict_tok, verdict_tok.export_hf(root / "verdict")),
+        "gpt2": (gpt2_tok, gpt2_tok.export_hf(root / "gpt2" / "tokenizer.json")),
+    }
+
+
+@pytest.mark.parametrize("name", ["verdict", "gpt2"])
+def test_hf_tokenizer_json_encodes_identically(hf_files, shared_data, name):
+    tokenizers = pytest.importorskip("tokenizers")
+    tok, path = hf_files[name]
+    hf = tokenizers.Tokenizer.from_file(str(path))
+    text = (shared_data / "tinyshakespeare.txt").read_text()[:200_000] + MIXED * 5
+    assert hf.encode(text).ids == tok.encode_ordinary(text)
+    assert hf.encode("hi<|endoftext|>").ids == tok.encode("hi<|endoftext|>", allowed_special="all")
+    assert hf.decode(tok.encode_ordinary(MIXED)) == MIXED
+    assert hf.get_vocab_size() == tok.vocab_size
+
+
+def test_transformers_fast_tokenizer_loads_export(hf_files):
+    transformers = pytest.importorskip("transformers")
+    tok, path = hf_files["verdict"]
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path))
+    for text in (MIXED, "plain text, twice: plain text."):
+        assert fast.encode(text) == tok.encode_ordinary(text)
+        assert fast.decode(fast.encode(text)) == text
