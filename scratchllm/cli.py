@@ -14,6 +14,8 @@ from scratchllm.errors import ScratchLLMError
 COMMAND_MODULES: list[str] = [
     "tokenizer",
     "prepare",
+    "tour",
+    "attention",
 ]
 
 
