@@ -1,9 +1,9 @@
 """Hugging Face GPT-2 checkpoints in and out: ``config.json`` + ``model.safetensors``.
 
 GPT-2 is our GPT with learned positions, LayerNorm, GELU and biases on Q/K/V. Only the names
-and one layout differ: OpenAI's ``Conv1D`` stores a weight as (in, out), the transpose of an
-``nn.Linear`` weight (out, in). ``c_attn`` stacks Q, K, V along its output just as our
-``W_qkv`` does.
+differ: OpenAI's ``Conv1D`` stores a weight (in, out) as our ``Linear`` does, and ``c_attn``
+puts Q, K, V side by side just as our ``W_qkv`` does. The token table ``wte`` (vocab, d) is
+the transpose of our head's weight when the two are tied.
 
 Loading builds the model on the ``meta`` device (shapes, no memory), reads each tensor from the
 memory-mapped safetensors file and hands it to the model as its parameter, so the peak is about
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import torch
@@ -28,9 +27,8 @@ from scratchllm.model import GPT, GPTConfig
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
-# (our name, Hugging Face name, transposed); {i} is the block index.
+# (our name, Hugging Face name without "transformer.", transposed)
 _GLOBAL = [
-    ("tok_emb.weight", "wte.weight", False),
     ("pos_emb.weight", "wpe.weight", False),
     ("final_norm.scale", "ln_f.weight", False),
     ("final_norm.shift", "ln_f.bias", False),
@@ -38,26 +36,30 @@ _GLOBAL = [
 _BLOCK = [
     ("norm1.scale", "ln_1.weight", False),
     ("norm1.shift", "ln_1.bias", False),
-    ("att.W_qkv.weight", "attn.c_attn.weight", True),
+    ("att.W_qkv.weight", "attn.c_attn.weight", False),
     ("att.W_qkv.bias", "attn.c_attn.bias", False),
-    ("att.out_proj.weight", "attn.c_proj.weight", True),
+    ("att.out_proj.weight", "attn.c_proj.weight", False),
     ("att.out_proj.bias", "attn.c_proj.bias", False),
     ("norm2.scale", "ln_2.weight", False),
     ("norm2.shift", "ln_2.bias", False),
-    ("ff.fc_in.weight", "mlp.c_fc.weight", True),
+    ("ff.fc_in.weight", "mlp.c_fc.weight", False),
     ("ff.fc_in.bias", "mlp.c_fc.bias", False),
-    ("ff.fc_out.weight", "mlp.c_proj.weight", True),
+    ("ff.fc_out.weight", "mlp.c_proj.weight", False),
     ("ff.fc_out.bias", "mlp.c_proj.bias", False),
 ]
 _ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # all the tanh form of GELU
 
 
-def name_map(n_layers: int) -> list[tuple[str, str, bool]]:
-    """Every (ours, Hugging Face, transposed) name pair of an ``n_layers`` GPT-2, head excluded."""
-    pairs = list(_GLOBAL)
-    for i in range(n_layers):
+def name_map(config: GPTConfig) -> list[tuple[str, str, bool]]:
+    """Every (ours, Hugging Face, transposed) name pair of a GPT-2 shaped config."""
+    if config.tie_embeddings:
+        pairs = [("out_head.weight", "wte.weight", True)]
+    else:
+        pairs = [("tok_emb.weight", "wte.weight", False), ("out_head.weight", "lm_head.weight", True)]
+    pairs += _GLOBAL
+    for i in range(config.n_layers):
         pairs += [(f"trf_blocks.{i}.{ours}", f"h.{i}.{theirs}", t) for ours, theirs, t in _BLOCK]
-    return pairs
+    return [(ours, theirs if theirs == "lm_head.weight" else f"transformer.{theirs}", t) for ours, theirs, t in pairs]
 
 
 def config_from_hf(hf: dict) -> GPTConfig:
@@ -148,11 +150,10 @@ def load_hf_gpt2(directory: str | os.PathLike, dtype: torch.dtype | None = None)
 
     state: dict[str, torch.Tensor] = {}
     with safe_open(weights, framework="pt") as f:
-        stored = {re.sub(r"^transformer\.", "", key): key for key in f.keys()}
-        pairs = name_map(config.n_layers)
-        if not config.tie_embeddings:
-            pairs.append(("out_head.weight", "lm_head.weight", False))
-        for ours, theirs, transposed in pairs:
+        # save_pretrained writes "transformer.h.0...", OpenAI's original upload "h.0..."
+        prefixed = ("transformer.", "lm_head.")
+        stored = {key if key.startswith(prefixed) else f"transformer.{key}": key for key in f.keys()}
+        for ours, theirs, transposed in name_map(config):
             if theirs not in stored:
                 raise ScratchLLMError(f"{weights} has no tensor {theirs!r} that a {config.n_layers}-layer GPT-2 needs")
             tensor = f.get_tensor(stored[theirs])
@@ -166,11 +167,7 @@ def load_hf_gpt2(directory: str | os.PathLike, dtype: torch.dtype | None = None)
                 )
             # one owned copy, in the layout and dtype we want, read from the mapped file
             state[ours] = torch.empty(want, dtype=dtype or tensor.dtype).copy_(tensor)
-    if config.tie_embeddings:
-        state["out_head.weight"] = state["tok_emb.weight"]
     model.load_state_dict(state, assign=True)
-    if config.tie_embeddings:
-        model.out_head.weight = model.tok_emb.weight  # assign=True made two Parameters; share one
     return model.eval()
 
 
@@ -184,14 +181,12 @@ def save_hf_gpt2(model: GPT, directory: str | os.PathLike, tokenizer=None) -> Pa
     hf_config = config_to_hf(config)
     state = model.state_dict()
     tensors = {}
-    for ours, theirs, transposed in name_map(config.n_layers):
+    for ours, theirs, transposed in name_map(config):
         if ours not in state:  # W_qkv.bias when qkv_bias=False
-            tensor = torch.zeros(3 * config.d_model, dtype=state["tok_emb.weight"].dtype)
+            tensor = torch.zeros(3 * config.d_model, dtype=state["out_head.weight"].dtype)
         else:
             tensor = state[ours].detach()
-        tensors[f"transformer.{theirs}"] = (tensor.t() if transposed else tensor).contiguous().cpu()
-    if not config.tie_embeddings:
-        tensors["lm_head.weight"] = state["out_head.weight"].detach().contiguous().cpu()
+        tensors[theirs] = (tensor.t() if transposed else tensor).contiguous().cpu()
     directory = Path(directory)
     with atomic_path(directory) as tmp:
         tmp.mkdir()

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.model.config import GPTConfig
+from scratchllm.model.layers import Linear
 from scratchllm.model.positions import apply_rope
 
 
@@ -64,9 +65,9 @@ class CausalAttention(nn.Module):
 
     def __init__(self, d_in: int, d_out: int, dropout: float = 0.0, qkv_bias: bool = False) -> None:
         super().__init__()
-        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_query = Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = Linear(d_in, d_out, bias=qkv_bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (B, T, d_in)
@@ -81,7 +82,7 @@ class MultiHeadAttentionWrapper(nn.Module):
     def __init__(self, d_in: int, d_out: int, n_heads: int, dropout: float = 0.0, qkv_bias: bool = False) -> None:
         super().__init__()
         self.heads = nn.ModuleList(CausalAttention(d_in, d_out // n_heads, dropout, qkv_bias) for _ in range(n_heads))
-        self.out_proj = nn.Linear(d_out, d_out)
+        self.out_proj = Linear(d_out, d_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out_proj(torch.cat([head(x) for head in self.heads], dim=-1))
@@ -115,9 +116,10 @@ class KVCache:
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention with all heads in one tensor.
 
-    ``W_qkv`` is the book's W_query, W_key and W_value stacked into one Linear (rows
-    [0, d), [d, 2d), [2d, 3d) of its weight), so one matmul computes all three; the properties
-    ``W_query``, ``W_key``, ``W_value`` give those slices of the weight.
+    ``W_qkv`` is the book's W_query, W_key and W_value side by side in one Linear (columns
+    [0, d), [d, 2d), [2d, 3d) of its (d_in, 3 d) weight), so one matmul computes all three; the
+    properties ``W_query``, ``W_key``, ``W_value`` give those slices of the weight. Head h
+    uses columns [h hd, (h+1) hd) of each.
 
     Set ``store_attention = True`` to keep the last attention weights (B, H, T, L) in
     ``last_attention`` (this forces the explicit path, as the fused kernel never forms them).
@@ -126,8 +128,8 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.d_model, self.n_heads, self.head_dim = config.d_model, config.n_heads, config.head_dim
-        self.W_qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.qkv_bias)
-        self.out_proj = nn.Linear(config.d_model, config.d_model)
+        self.W_qkv = Linear(config.d_model, 3 * config.d_model, bias=config.qkv_bias)
+        self.out_proj = Linear(config.d_model, config.d_model)
         self.dropout_p = config.dropout
         self.dropout = nn.Dropout(config.dropout)
         self.explicit = False
@@ -136,15 +138,15 @@ class MultiHeadAttention(nn.Module):
 
     @property
     def W_query(self) -> torch.Tensor:
-        return self.W_qkv.weight[: self.d_model]  # (d_out, d_in), as nn.Linear stores it
+        return self.W_qkv.weight[:, : self.d_model]  # (d_in, d_out)
 
     @property
     def W_key(self) -> torch.Tensor:
-        return self.W_qkv.weight[self.d_model : 2 * self.d_model]
+        return self.W_qkv.weight[:, self.d_model : 2 * self.d_model]
 
     @property
     def W_value(self) -> torch.Tensor:
-        return self.W_qkv.weight[2 * self.d_model :]
+        return self.W_qkv.weight[:, 2 * self.d_model :]
 
     def forward(
         self,

@@ -4,6 +4,10 @@ linear head that turns each position's final vector into next-token logits.
     x_0 = tok_emb(idx) (+ pos_emb)
     x_l = x_{l-1} + Attention(Norm(x_{l-1}));  x_l = x_l + FeedForward(Norm(x_l))   (pre-norm)
     logits = out_head(final_norm(x_L))
+
+With ``tie_embeddings`` the head and the token embedding are one matrix (GPT-2, and the
+weight-tying section of the book): it is stored once, as the head's (d_model, vocab) weight, and
+a token's embedding is its column.
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.model.attention import KVCache, MultiHeadAttention, causal_mask
 from scratchllm.model.config import CHOICES, GPTConfig
-from scratchllm.model.layers import FeedForward, make_norm
+from scratchllm.model.layers import FeedForward, Linear, make_norm
 from scratchllm.model.positions import rope_cos_sin, sinusoidal_encoding
 
 
@@ -48,14 +53,13 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        # tied: no table of its own, tokens are looked up in the head's weight (token_embeddings)
+        self.tok_emb = None if config.tie_embeddings else nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.context_length, config.d_model) if config.pos_encoding == "learned" else None
         self.drop_emb = nn.Dropout(config.dropout)
         self.trf_blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
         self.final_norm = make_norm(config)
-        self.out_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.out_head.weight = self.tok_emb.weight
+        self.out_head = Linear(config.d_model, config.vocab_size, bias=False)
         self._init_weights()
         self.set_impl(config.impl)
 
@@ -71,6 +75,11 @@ class GPT(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
+
+    @property
+    def token_embeddings(self) -> torch.Tensor:
+        """The (vocab, d_model) table of token vectors (a view of the head's weight when tied)."""
+        return self.out_head.weight.t() if self.tok_emb is None else self.tok_emb.weight
 
     def set_impl(self, impl: str) -> None:
         """Switch every layer between torch's fused kernels ("fused") and the hand-written
@@ -114,7 +123,7 @@ class GPT(nn.Module):
         if mask is None and start > 0 and T > 1:
             mask = causal_mask(T, start + T, idx.device)
 
-        x = self.tok_emb(idx)  # (B, T, d_model)
+        x = F.embedding(idx, self.token_embeddings)  # (B, T, d_model)
         rope = None
         if cfg.pos_encoding != "none":
             if positions is None:
@@ -170,14 +179,14 @@ class GPT(nn.Module):
         token and position embedding tables (with tied weights the head goes with them)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.tok_emb.weight.numel()
+            n -= self.token_embeddings.numel()
             if self.pos_emb is not None:
                 n -= self.pos_emb.weight.numel()
         return n
 
     def matmul_params(self) -> int:
         """Weights each token is multiplied by on its way through (every Linear, the head too)."""
-        return sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        return sum(m.weight.numel() for m in self.modules() if isinstance(m, Linear))
 
     def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> int:
         """FLOPs to process one token at context ``seq_len`` (default context_length):

@@ -1,6 +1,6 @@
-"""The small layers of a transformer block: normalisation, activation and feed-forward.
+"""The small layers of a transformer block: linear maps, normalisation, activation, feed-forward.
 
-Each layer is written by hand (``explicit=True`` runs the formula below) and also runs through
+Each normalisation and activation is written by hand (``explicit=True`` runs the formula below) and also runs through
 torch's single fused kernel for the same formula (the default, fewer and faster kernels);
 tests/model/test_layers.py checks the two against each other and against torch's modules.
 """
@@ -14,6 +14,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.model.config import GPTConfig
+
+
+class Linear(nn.Module):
+    """y = x W + b, with W stored (in_features, out_features).
+
+    This is how the book's chapter 3 writes attention (``x @ W_query``) and how GPT-2 stored
+    its weights; ``nn.Linear`` stores the transpose. The layout matters for speed: generating
+    one token multiplies a single vector by every matrix, and MKL's matrix-vector product reads
+    an (in, out) matrix at full memory bandwidth but an (out, in) one at about half of it on
+    our CPUs (benchmarks/generate.py).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        nn.init.normal_(self.weight, std=in_features**-0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            return x @ self.weight
+        flat = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)  # one fused kernel
+        return flat.view(*x.shape[:-1], flat.shape[-1])
 
 
 class LayerNorm(nn.Module):
@@ -69,7 +92,7 @@ class FeedForward(nn.Module):
     """Position-wise MLP: d_model -> hidden -> d_model.
 
     gelu:   fc_out(GELU(fc_in(x)))                       (GPT-2, the book)
-    swiglu: fc_out(SiLU(x W_gate) * (x W_up))            (Llama); fc_in holds [W_gate; W_up]
+    swiglu: fc_out(SiLU(x W_gate) * (x W_up))            (Llama); fc_in holds [W_gate | W_up]
     so that one matmul computes both halves.
     """
 
@@ -77,9 +100,9 @@ class FeedForward(nn.Module):
         super().__init__()
         self.swiglu = config.ffn == "swiglu"
         hidden = config.hidden_dim
-        self.fc_in = nn.Linear(config.d_model, 2 * hidden if self.swiglu else hidden)
+        self.fc_in = Linear(config.d_model, 2 * hidden if self.swiglu else hidden)
         self.activation = GELU()
-        self.fc_out = nn.Linear(hidden, config.d_model)
+        self.fc_out = Linear(hidden, config.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc_in(x)  # (B, T, hidden) or (B, T, 2*hidden)

@@ -46,9 +46,9 @@ def test_book_wrapper_of_single_heads_computes_the_same_function():
         for h, head in enumerate(wrapper.heads):
             for j, name in enumerate(["W_query", "W_key", "W_value"]):
                 weight = getattr(att, name)  # the slice of the fused W_qkv
-                rows = slice(h * hd, (h + 1) * hd)
-                getattr(head, name).weight.copy_(weight[rows])
-                getattr(head, name).bias.copy_(att.W_qkv.bias[j * cfg.d_model :][rows])
+                cols = slice(h * hd, (h + 1) * hd)
+                getattr(head, name).weight.copy_(weight[:, cols])
+                getattr(head, name).bias.copy_(att.W_qkv.bias[j * cfg.d_model :][cols])
         wrapper.out_proj.load_state_dict(att.out_proj.state_dict())
     x = torch.randn(2, 11, cfg.d_model)
     torch.testing.assert_close(wrapper(x), att(x))

@@ -27,15 +27,20 @@ def test_gpt2_init_scales_residual_projections():
     torch.manual_seed(0)
     model = GPT(GPTConfig.preset("tiny", n_layers=8, d_model=128, vocab_size=2048))
     assert abs(model.tok_emb.weight.std().item() - 0.02) < 1e-3
+    assert abs(model.out_head.weight.std().item() - 0.02) < 1e-3
     assert abs(model.trf_blocks[0].att.W_qkv.weight.std().item() - 0.02) < 1e-3
     assert abs(model.trf_blocks[0].ff.fc_out.weight.std().item() - 0.02 / 4) < 5e-4
     assert abs(model.trf_blocks[0].att.out_proj.weight.std().item() - 0.02 / 4) < 5e-4
     assert torch.all(model.trf_blocks[0].ff.fc_in.bias == 0)
 
 
-def test_tied_embeddings_share_one_tensor():
+def test_tied_embeddings_are_one_matrix():
     model = GPT(GPTConfig.preset("tiny", tie_embeddings=True))
-    assert model.out_head.weight is model.tok_emb.weight
+    assert model.tok_emb is None
+    idx = torch.tensor([[3, 7]])
+    torch.testing.assert_close(model.token_embeddings[[3, 7]], model.out_head.weight[:, [3, 7]].T)
+    model(idx).sum().backward()
+    assert model.out_head.weight.grad[:, 3].abs().sum() > 0
 
 
 @pytest.mark.parametrize("pos", ["sinusoidal", "rope", "none"])
