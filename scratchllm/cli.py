@@ -14,8 +14,6 @@ from scratchllm.errors import ScratchLLMError
 COMMAND_MODULES: list[str] = [
     "tokenizer",
     "prepare",
-    "tour",
-    "attention",
 ]
 
 

@@ -1,0 +1,174 @@
+"""Training throughput: scratchllm's training loop against nanoGPT's training step, same machine, same run.
+
+For each shape (baby-shakespeare: 4x128, context 64; shakespeare-small: 6x384, context 256; batch 12)
+and precision (fp32, bf16 autocast, and scratchllm's ``auto``), it prints ms/step, tokens/s and MFU
+against the fp32 and bf16 matrix-product peaks measured at the start of the run.
+
+- reference: nanoGPT's model and step as its ``train.py`` runs them on a CPU (tied embeddings, no
+  biases, exact GELU, ``scaled_dot_product_attention``, AdamW without the fused kernel, gradient
+  clipping 1.0), written out below from nanoGPT's published design.
+- scratchllm: ``scratchllm.train.train`` itself on byte-level Tiny Shakespeare (what a user runs),
+  its tokens/s taken from the run's own metrics.jsonl.
+
+The nanoGPT figures published for the reference machine (an AMX CPU) are printed beside them.
+
+    flock /tmp/scratchllm-cpu.lock .venv/bin/python benchmarks/train.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scratchllm.checkpoint import list_checkpoints, read_json
+from scratchllm.data.shards import prepare
+from scratchllm.model import GPT
+from scratchllm.train import load_run_config, train
+from scratchllm.train.metrics import read_metrics
+from scratchllm.train.precision import matmul_peak_flops
+
+SHAPES = {"baby-shakespeare": (4, 4, 128, 64), "shakespeare-small": (6, 6, 384, 256)}  # layers, heads, d, T
+BATCH = 12
+VOCAB = 258  # byte level: 256 bytes + <|endoftext|> + <|padding|>
+# nanoGPT on the reference machine (shared/data/README.md and the issue): ms/step
+PUBLISHED = {("baby-shakespeare", "fp32"): 33.6, ("baby-shakespeare", "bf16"): 45.0,
+             ("shakespeare-small", "fp32"): 960.0, ("shakespeare-small", "bf16"): 480.0}
+
+
+class NanoBlock(nn.Module):
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln_1, self.ln_2 = nn.LayerNorm(d, bias=False), nn.LayerNorm(d, bias=False)
+        self.c_attn, self.attn_proj = nn.Linear(d, 3 * d, bias=False), nn.Linear(d, d, bias=False)
+        self.c_fc, self.mlp_proj = nn.Linear(d, 4 * d, bias=False), nn.Linear(4 * d, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, d = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(d, dim=2)
+        q, k, v = (t.view(B, T, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, d)
+        x = x + self.attn_proj(y)
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+
+class NanoGPT(nn.Module):
+    """nanoGPT's GPT (bias=False, dropout 0): learned positions, pre-norm blocks, tied head."""
+
+    def __init__(self, layers: int, heads: int, d: int, context: int) -> None:
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(VOCAB, d), nn.Embedding(context, d)
+        self.blocks = nn.ModuleList(NanoBlock(d, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d, bias=False)
+        self.lm_head = nn.Linear(d, VOCAB, bias=False)
+        self.lm_head.weight = self.wte.weight
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+
+def reference_ms_per_step(shape: str, precision: str, steps: int, tokens: torch.Tensor) -> float:
+    """Median ms per step of nanoGPT's loop: random windows, forward, backward, clip, AdamW."""
+    layers, heads, d, context = SHAPES[shape]
+    torch.manual_seed(0)
+    model = NanoGPT(layers, heads, d, context)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=1e-3, betas=(0.9, 0.99))
+    times = []
+    for i in range(steps + 3):
+        start = time.perf_counter()
+        ix = torch.randint(len(tokens) - context, (BATCH,))
+        x = torch.stack([tokens[j : j + context] for j in ix])
+        y = torch.stack([tokens[j + 1 : j + 1 + context] for j in ix])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(x)
+            loss = F.cross_entropy(logits.view(-1, VOCAB), y.view(-1))
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def scratchllm_run(shape: str, precision: str, steps: int, data_dir: Path, runs: Path) -> tuple[float, str]:
+    """Median ms per step of ``scratchllm.train`` and the precision it ran in."""
+    config = load_run_config(shape, overrides=[
+        f"train.max_steps={steps + 3}", f"train.precision={precision}", "train.eval_interval=0",
+        "train.eval_batches=1", "train.plot=false", "train.peak_flops=1", "model.dropout=0.0",
+        f"data.dir={data_dir}", f"train.batch_size={BATCH}",
+    ], base={"model": {"vocab_size": VOCAB}})
+    run_dir = runs / f"{shape}-{precision}"
+    train(config, run_dir, progress=False)
+    records = [r for r in read_metrics(run_dir) if "tokens_per_s" in r][3:]
+    tokens_per_step = BATCH * config.model.context_length
+    ms = 1000 * statistics.median(tokens_per_step / r["tokens_per_s"] for r in records)
+    used = read_json(list_checkpoints(run_dir)[-1] / "train_state.json")["precision"]
+    return ms, used
+
+
+def flops_per_token(shape: str) -> int:
+    config = load_run_config(shape, base={"model": {"vocab_size": VOCAB}}).model
+    return GPT(config).flops_per_token()
+
+
+def _row(shape: str, precision: str, who: str, ms: float, base_ms: float, fpt: int, peaks: dict) -> None:
+    rate = BATCH * SHAPES[shape][3] / (ms / 1000)
+    print(f"{shape:18} {precision:9} {who:22} {ms:8.1f} {rate:9,.0f} {rate * fpt / peaks['fp32']:8.1%} "
+          f"{rate * fpt / peaks['bf16']:8.1%} {base_ms / ms:14.2f}x", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    default_text = Path(os.environ.get("SCRATCHLLM_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data"))
+    parser.add_argument("--text", type=Path, default=default_text / "tinyshakespeare.txt")
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--steps", type=int, default=0, help="timed steps per row (default 40 baby, 8 small)")
+    args = parser.parse_args()
+
+    cpu = torch.device("cpu")
+    peaks = {p: matmul_peak_flops(p, cpu) for p in ("fp32", "bf16")}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; measured matmul peak (2048^3): "
+          f"fp32 {peaks['fp32'] / 1e9:,.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:,.0f} GFLOP/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = prepare(args.text, Path(tmp) / "bytes", vocab_size=257, workers=1)
+        tokens = torch.from_numpy(np.fromfile(data_dir / "train.bin", dtype="<u2").astype(np.int64))
+        header = (f"{'shape':18} {'precision':9} {'who':22} {'ms/step':>8} {'tokens/s':>9} {'MFU fp32':>8} "
+                  f"{'MFU bf16':>8} {'vs nanoGPT here':>15}")
+        print(header)
+        print("-" * len(header))
+        for shape in args.shapes.split(","):
+            steps = args.steps or (40 if shape == "baby-shakespeare" else 8)
+            fpt = flops_per_token(shape)
+            reference = {}
+            for precision in ("fp32", "bf16"):
+                reference[precision] = reference_ms_per_step(shape, precision, steps, tokens)
+                _row(shape, precision, "nanoGPT step (here)", reference[precision], reference["fp32"], fpt, peaks)
+            for precision in ("fp32", "bf16", "auto"):
+                ms, used = scratchllm_run(shape, precision, steps, data_dir, Path(tmp) / "runs")
+                _row(shape, precision, f"scratchllm ({used})", ms, reference["fp32"], fpt, peaks)
+            for precision in ("fp32", "bf16"):
+                published = PUBLISHED[(shape, precision)]
+                print(f"{shape:18} {precision:9} {'nanoGPT (published)':22} {published:8.1f} "
+                      f"{BATCH * SHAPES[shape][3] / published * 1000:9,.0f}   (reference machine, AMX)")
+    print("MFU = tokens/s x (6N + 12 L d T) FLOPs per token / measured matmul peak; "
+          "'vs nanoGPT here' = nanoGPT fp32 ms/step measured above / this row's ms/step")
+
+
+if __name__ == "__main__":
+    main()

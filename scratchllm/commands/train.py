@@ -1,0 +1,65 @@
+"""``scratchllm train``: train a GPT on prepared token shards, or resume a run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from scratchllm.errors import ScratchLLMError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from scratchllm.train.config import PRESETS
+
+    p = subparsers.add_parser(
+        "train",
+        help="train a GPT on prepared data (or --resume a run)",
+        description="Train a GPT on token shards made by `scratchllm prepare`. Settings come from "
+        "defaults <- --preset <- --config FILE.toml <- --set section.key=value; the resolved config is "
+        "saved as RUN_DIR/config.toml. Under torchrun each process trains one data-parallel rank.",
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a recipe to start from")
+    p.add_argument("--config", metavar="FILE", help="a TOML run config ([model], [train], [data] tables)")
+    p.add_argument("--data", metavar="DATA_DIR", help="prepared data folder (scratchllm prepare --out)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder: config.toml, metrics.jsonl, checkpoints/, loss.png")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. train.lr=3e-4 or model.n_layers=6 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or evaluation lines")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from scratchllm.data.shards import open_prepared
+    from scratchllm.train.config import RunConfig, explicit_settings, load_run_config, resume_conflicts
+    from scratchllm.train.loop import CONFIG_FILE, train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.out and Path(args.out) != run_dir:
+            raise ScratchLLMError("give either --resume RUN_DIR or --out RUN_DIR, not two different folders")
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise ScratchLLMError(f"{run_dir} is not a run folder (no {CONFIG_FILE}); start a run with --out")
+        config = RunConfig.load(run_dir / CONFIG_FILE)
+        conflicts = resume_conflicts(config, explicit_settings(args.preset, args.config, args.overrides))
+        if conflicts:
+            raise ScratchLLMError(f"cannot resume {run_dir} with different settings: {'; '.join(conflicts)}. "
+                                  "Resume without them, or start a new run with --out")
+        if args.data:
+            config.data.dir = args.data
+    else:
+        if not args.out:
+            raise ScratchLLMError("give --out RUN_DIR for a new run (or --resume RUN_DIR to continue one)")
+        run_dir = Path(args.out)
+        data_dir = args.data or explicit_settings(args.preset, args.config, args.overrides)["data"].get("dir")
+        if not data_dir:
+            raise ScratchLLMError("give --data DATA_DIR (made by `scratchllm prepare`)")
+        vocab_size = open_prepared(data_dir).vocab_size
+        config = load_run_config(args.preset, args.config, args.overrides,
+                                 base={"model": {"vocab_size": vocab_size}, "data": {"dir": str(data_dir)}})
+    result = train(config, run_dir, resume=bool(args.resume), progress=not args.quiet)
+    if not args.quiet:
+        val = "" if result.val_loss is None else f", val loss {result.val_loss:.4f} (best {result.best_val_loss:.4f})"
+        print(f"trained {result.step} steps, {result.tokens:,} tokens in {result.seconds:.1f} s{val}; "
+              f"run folder {result.run_dir}")
+    return 0

@@ -1,0 +1,35 @@
+"""DDP on the CPU: 2 processes (gloo) with accumulation 1 train like 1 process with accumulation 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from train_helpers import child_env, run_cli, set_args
+
+from scratchllm.train.metrics import read_metrics
+
+
+def _curves(run_dir):
+    records = read_metrics(run_dir)
+    return ([r["loss"] for r in records if "loss" in r], [r["val_loss"] for r in records if "val_loss" in r])
+
+
+def test_two_ranks_equal_one_process_accumulating_two(tiny_data, tmp_path):
+    common = ["--data", str(tiny_data), "--quiet",
+              *set_args("train.max_steps=30", "train.eval_interval=10", "train.checkpoint_interval=10")]
+    single = run_cli("train", "--out", str(tmp_path / "one"), *common, "--set", "train.grad_accum_steps=2")
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "scratchllm", "train", "--out", str(tmp_path / "two"), *common, "--set", "train.grad_accum_steps=1"],
+        env=child_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one_train, one_val = _curves(tmp_path / "one")
+    two_train, two_val = _curves(tmp_path / "two")
+    assert len(one_train) == len(two_train) == 30 and len(one_val) == len(two_val) == 4
+    assert two_train == pytest.approx(one_train, rel=1e-4)
+    assert two_val == pytest.approx(one_val, rel=1e-4)
+    assert two_train[-1] < two_train[0] - 0.5  # it did learn

@@ -1,0 +1,127 @@
+"""The training loop: exact gradient accumulation, exact resume after SIGKILL, bad losses, errors."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import matplotlib.image
+import pytest
+import torch
+from train_helpers import child_env, run_cli, set_args
+
+from scratchllm.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from scratchllm.model import GPT, GPTConfig
+from scratchllm.train.loop import IGNORE_INDEX, accumulate_gradients
+from scratchllm.train.metrics import read_metrics
+
+
+def _grads(model):
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_accumulating_n_micro_batches_equals_one_batch_n_times_larger(padded):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny", dropout=0.0))
+    x = torch.randint(0, 512, (8, 12))
+    y = torch.randint(0, 512, (8, 12))
+    if padded:  # rows with different numbers of scored tokens: the mean must be over all of them
+        y[0, 3:] = IGNORE_INDEX
+        y[5, 7:] = IGNORE_INDEX
+    n_scored = int((y != IGNORE_INDEX).sum())
+    big = accumulate_gradients(model, [(x, y)], n_scored)
+    big_grads = _grads(model)
+    model.zero_grad()
+    micro = accumulate_gradients(model, [(x[i : i + 2], y[i : i + 2]) for i in range(0, 8, 2)], n_scored)
+    torch.testing.assert_close(micro, big, rtol=1e-5, atol=1e-5)
+    for a, b in zip(_grads(model), big_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # the oracle: torch's own mean cross-entropy over the scored tokens
+    model.zero_grad()
+    expected = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(big / n_scored, expected.detach(), rtol=1e-5, atol=1e-6)
+
+
+def _train_args(data, out, *extra):
+    return ["train", "--data", str(data), "--out", str(out), "--quiet",
+            *set_args("train.max_steps=120", "train.eval_interval=20", "train.keep_last=2", *extra)]
+
+
+def _losses(run_dir):
+    records = read_metrics(run_dir)
+    return [(r["step"], r["loss"]) for r in records if "loss" in r], [(r["step"], r["val_loss"]) for r in records
+                                                                        if "val_loss" in r]
+
+
+def test_resume_after_sigkill_is_bit_identical(tiny_data, tmp_path):
+    whole = run_cli(*_train_args(tiny_data, tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "scratchllm", *_train_args(tiny_data, tmp_path / "killed")],
+                            env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # kill between checkpoints, at a step past 50
+        if metrics.is_file() and any(json.loads(line).get("step", 0) >= 53 for line in metrics.read_text().splitlines()
+                                     if line.endswith("}")):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(s for s, _ in _losses(tmp_path / "killed")[0])
+    assert 53 <= killed_at < 120, "the run should have been killed mid-way"
+    resumed = run_cli("train", "--resume", str(tmp_path / "killed"), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert _losses(tmp_path / "killed") == _losses(tmp_path / "whole")  # exact float equality
+    assert len(list_checkpoints(tmp_path / "whole")) <= 3  # last 2 + best
+
+
+def test_checkpoint_loads_the_trained_model_and_tokenizer(tiny_data, tmp_path):
+    done = run_cli(*_train_args(tiny_data, tmp_path / "run", "train.max_steps=20", "train.plot=true"))
+    assert done.returncode == 0, done.stderr
+    model, tokenizer = load_checkpoint(tmp_path / "run")
+    assert isinstance(model, GPT) and model.config.d_model == 32
+    from scratchllm.data.shards import open_prepared
+
+    assert tokenizer.fingerprint() == open_prepared(tiny_data).tokenizer.fingerprint()
+    image = matplotlib.image.imread(tmp_path / "run" / "loss.png")  # drawn at the end of the run
+    assert image.shape[0] > 100
+    (tmp_path / "run" / "loss.png").unlink()
+    plotted = run_cli("plot", str(tmp_path / "run"))
+    assert plotted.returncode == 0 and matplotlib.image.imread(tmp_path / "run" / "loss.png").shape[0] > 100
+
+
+def test_compiled_model_saves_clean_names(tmp_path):
+    model = GPT(GPTConfig.preset("tiny", tie_embeddings=True))
+    save_checkpoint(tmp_path / "c", torch.compile(model))
+    loaded, _ = load_checkpoint(tmp_path / "c")
+    for (name, a), (name2, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert name == name2 and "_orig_mod" not in name and torch.equal(a, b)
+
+
+def test_nan_loss_stops_with_a_clear_message(tiny_data, tmp_path):
+    result = run_cli(*_train_args(tiny_data, tmp_path / "run", "train.grad_clip=0", "train.warmup_steps=0",
+                                  "train.lr=1e30", "train.min_lr=1e30", "train.checkpoint_interval=1",
+                                  "train.eval_interval=0"))
+    assert result.returncode == 2
+    assert "training loss became nan" in result.stderr or "training loss became inf" in result.stderr
+    assert "last good checkpoint is" in result.stderr
+    newest = list_checkpoints(tmp_path / "run")[-1]
+    load_checkpoint(newest)  # still loads
+
+
+def test_user_mistakes_are_one_line_errors(tiny_data, tmp_path):
+    fp16 = run_cli(*_train_args(tiny_data, tmp_path / "a", "train.precision=fp16", "train.device=cpu"))
+    assert fp16.returncode == 2 and "fp16 needs a CUDA GPU" in fp16.stderr
+    ok = run_cli(*_train_args(tiny_data, tmp_path / "b", "train.max_steps=5"))
+    assert ok.returncode == 0, ok.stderr
+    conflict = run_cli("train", "--resume", str(tmp_path / "b"), "--set", "train.lr=0.5", "--set", "model.n_layers=3")
+    assert conflict.returncode == 2
+    assert "train.lr (saved 0.003, given 0.5)" in conflict.stderr and "model.n_layers" in conflict.stderr
+    again = run_cli(*_train_args(tiny_data, tmp_path / "b", "train.max_steps=5"))
+    assert again.returncode == 2 and "--resume" in again.stderr
+    typo = run_cli("train", "--data", str(tiny_data), "--out", str(tmp_path / "c"), "--set", "train.max_step=3")
+    assert typo.returncode == 2 and "did you mean 'train.max_steps'" in typo.stderr
