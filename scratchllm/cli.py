@@ -14,6 +14,10 @@ from scratchllm.errors import ScratchLLMError
 COMMAND_MODULES: list[str] = [
     "tokenizer",
     "prepare",
+    "train",
+    "plot",
+    "tour",
+    "attention",
 ]
 
 
