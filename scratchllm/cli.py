@@ -12,6 +12,7 @@ from scratchllm.errors import ScratchLLMError
 
 # Command modules in the order a learner meets them; each registers its own sub-parser.
 COMMAND_MODULES: list[str] = [
+    "demo",
     "tokenizer",
     "prepare",
     "train",

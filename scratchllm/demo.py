@@ -1,0 +1,285 @@
+"""The demo: from raw text to a trained GPT that writes, in one call and a fixed time budget.
+
+    corpus -> BPE tokenizer -> token shards -> plan the steps that fit the budget -> train
+           -> held-out evaluation (bits per byte) -> samples.txt, loss.png, attention.png
+
+The time budget drives the schedule: one training step of the actual model is timed (in the
+precision ``auto`` picks, bf16 where it wins on this machine), and ``max_steps`` is what fits
+in the minutes left after preparing the data and before the final evaluation, so the cosine
+learning-rate schedule runs to its end and the demo finishes on time.
+
+Quality is measured in bits per byte on the held-out text (for ``shakespeare``: whole works
+the tokenizer and the model never saw), which compares across tokenizers:
+
+    bits per byte = (sum of -ln p over the predicted tokens) / ln 2 / (UTF-8 bytes of those tokens)
+
+>>> result = run_demo("runs/demo", minutes=10)                          # doctest: +SKIP
+>>> result.bits_per_byte                                                # doctest: +SKIP
+2.1
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.fileio import atomic_write_json, atomic_write_text
+
+# Recipes: the tokenizer size, the model's shape and the optimizer settings; the number of
+# steps comes from the time budget. "default" is tuned for about 10 minutes on a 2-core CPU
+# (docs/tour.md and the README give what it reaches); "tiny" exists for tests and quick looks.
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {
+        "vocab_size": 4096,
+        "model": {"n_layers": 4, "n_heads": 4, "d_model": 256, "context_length": 128, "dropout": 0.0,
+                  "tie_embeddings": True},
+        "train": {"batch_size": 16, "lr": 2e-3, "min_lr": 2e-4, "weight_decay": 0.1},
+    },
+    "tiny": {
+        "vocab_size": 300,
+        "model": {"n_layers": 2, "n_heads": 2, "d_model": 32, "context_length": 32, "dropout": 0.0},
+        "train": {"batch_size": 8, "lr": 3e-3, "min_lr": 3e-4},
+    },
+}
+SAMPLE_PROMPTS = ("To be, or not to be", "My gracious lord,", "\n")
+ATTENTION_TEXT = "To be, or not to be, that is the question"
+SAMPLE_TOKENS = 120
+# A training step takes longer than the timed forward + backward: the optimizer update, batch
+# gathering, logging (measured: 1.23x for the default recipe on 2 cores, plus ~6 ms for tiny ones).
+STEP_OVERHEAD, STEP_OVERHEAD_SECONDS = 1.25, 0.006
+N_EVALS = 5  # validation points on the loss curve during training (plus the start)
+EVAL_BATCHES = 8  # batches per validation point during training; the final evaluation reads all
+FINAL_EVAL_TOKENS = 2_000_000  # the final evaluation reads at most this many held-out tokens
+END_SECONDS = 10.0  # checkpoint, samples, plots
+
+
+@dataclass
+class DemoResult:
+    """What the demo made and measured."""
+
+    out: Path
+    checkpoint: Path
+    steps: int
+    tokens: int
+    precision: str
+    val_loss: float  # nats per token over the held-out text
+    bits_per_byte: float
+    eval_tokens: int
+    seconds: float
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out"], d["checkpoint"] = str(self.out), str(self.checkpoint)
+        return d
+
+
+def recipe(name: str) -> dict[str, Any]:
+    """A demo recipe by name; an unknown name is an error that suggests the closest."""
+    if name not in RECIPES:
+        close = difflib.get_close_matches(name, RECIPES, n=1, cutoff=0.4)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ScratchLLMError(f"unknown demo preset '{name}'{hint} (presets: {', '.join(RECIPES)})")
+    return RECIPES[name]
+
+
+def run_demo(
+    out: str | os.PathLike = "runs/demo",
+    minutes: float = 10.0,
+    corpus: str | os.PathLike = "shakespeare",
+    *,
+    preset: str = "default",
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    echo: Callable[[str], Any] | None = print,
+) -> DemoResult:
+    """Train a tokenizer and a GPT on ``corpus`` in about ``minutes``, evaluate, sample and draw,
+    all into the run folder ``out`` (which ``scratchllm train --resume`` also understands)."""
+    from scratchllm.checkpoint import list_checkpoints, load_checkpoint
+    from scratchllm.data.shards import open_prepared, prepare
+    from scratchllm.train import train
+
+    say = echo or (lambda _: None)
+    started = time.perf_counter()
+    if minutes <= 0:
+        raise ScratchLLMError(f"--minutes must be positive, got {minutes:g}")
+    settings = recipe(preset)
+    out = Path(out)
+    if list_checkpoints(out):
+        raise ScratchLLMError(f"{out} already holds a trained run: give --out a new folder, or delete {out}")
+
+    say(f"[1/5] tokenizer and token shards for '{corpus}' (vocabulary {settings['vocab_size']:,})")
+    data_dir = prepare(corpus, out / "data", vocab_size=settings["vocab_size"], cache_dir=cache_dir)
+    data = open_prepared(data_dir)
+
+    say("[2/5] planning the run to fit the time budget")
+    config, plan = plan_run(settings, data, deadline=started + minutes * 60)
+    say(f"      {plan}")
+
+    say(f"[3/5] training {config.train.max_steps:,} steps")
+    result = train(config, out, progress=progress)
+
+    say("[4/5] evaluating on the held-out text")
+    model, tokenizer = load_checkpoint(out)
+    val_loss, bpb, n_tokens = held_out_loss(model, data, config.train.precision, config.train.batch_size)
+    say(f"      val loss {val_loss:.4f} nats/token, {bpb:.3f} bits per byte over {n_tokens:,} tokens")
+
+    say("[5/5] samples and pictures")
+    samples = write_samples(model, tokenizer, out / "samples.txt")
+    from scratchllm.viz import save_attention_maps
+
+    attention = save_attention_maps(model, tokenizer, ATTENTION_TEXT, out, per_layer=False)[-1]
+    checkpoint = list_checkpoints(out)[-1]
+    files = {
+        "config.toml": "the resolved run config (model, training, data)",
+        f"checkpoints/{checkpoint.name}": "weights, optimizer state and tokenizer (safetensors + JSON)",
+        "metrics.jsonl": "training loss per step, validation loss per evaluation",
+        "loss.png": "the loss curves and the learning rate",
+        attention.name: f"attention weights of every layer and head on {ATTENTION_TEXT!r}",
+        samples.name: "text the model wrote from a few prompts",
+        "demo.json": "the figures of this demo",
+        "data/": "the tokenizer and the token shards",
+    }
+    demo = DemoResult(out, checkpoint, result.step, result.tokens, config.train.precision, val_loss, bpb, n_tokens,
+                      time.perf_counter() - started, files)
+    atomic_write_json(out / "demo.json", {**demo.to_dict(), "corpus": str(corpus), "preset": preset,
+                                          "minutes": minutes, "machine": machine_description(),
+                                          "date": time.strftime("%Y-%m-%d")})
+    say(summary(demo))
+    return demo
+
+
+def plan_run(settings: dict[str, Any], data: Any, deadline: float) -> tuple[Any, str]:
+    """The run config whose steps end by ``deadline`` (a ``time.perf_counter()`` value), and one
+    line saying how it was planned.
+
+    One training step of the real model is timed in the precision ``auto`` picks; evaluations,
+    the final held-out pass and the end (checkpoint, samples, plots) are budgeted first.
+    """
+    from scratchllm.model import GPT, GPTConfig
+    from scratchllm.train.config import DataConfig, RunConfig, TrainConfig
+    from scratchllm.train.distributed import resolve_device
+    from scratchllm.train.precision import resolve_precision, time_training_step
+
+    model_cfg = GPTConfig(**{**settings["model"], "vocab_size": data.vocab_size})
+    batch = settings["train"]["batch_size"]
+    shape = (batch, model_cfg.context_length)
+    device = resolve_device("auto")
+    model = GPT(model_cfg).to(device)
+    precision = resolve_precision("auto", model, shape, device)
+    step = time_training_step(model, shape, device, precision) * STEP_OVERHEAD + STEP_OVERHEAD_SECONDS
+    forward = step / 3  # a forward pass is about a third of forward + backward
+    seconds_left = deadline - time.perf_counter()
+    val_batches = min(len(data.val), FINAL_EVAL_TOKENS) // (batch * model_cfg.context_length) + 1
+    reserve = END_SECONDS + val_batches * forward + (N_EVALS + 1) * EVAL_BATCHES * forward
+    max_steps = max(10, int((seconds_left - reserve) / step))
+    train_cfg = TrainConfig(
+        **settings["train"], max_steps=max_steps, warmup_steps=max(1, min(100, max_steps // 10)),
+        precision=precision, eval_interval=max(1, max_steps // N_EVALS), eval_batches=EVAL_BATCHES, keep_last=1,
+    )
+    config = RunConfig(model=model_cfg, train=train_cfg, data=DataConfig(str(Path(data.path).resolve())))
+    plan = (f"{model.num_params():,} parameters, batch {batch} x {model_cfg.context_length} tokens, {precision}: "
+            f"~{step * 1000:.0f} ms/step (timed) -> {max_steps:,} steps in the {max(seconds_left, 0) / 60:.1f} min "
+            "left")
+    return config, plan
+
+
+@torch.no_grad()
+def held_out_loss(model: Any, data: Any, precision: str, batch_size: int,
+                  max_tokens: int = FINAL_EVAL_TOKENS) -> tuple[float, float, int]:
+    """Mean loss (nats per token), bits per byte and the number of predicted tokens over the
+    validation split, in non-overlapping windows of the model's context.
+
+    Special tokens (the ``<|endoftext|>`` between documents) are not scored: they are not text.
+    """
+    from scratchllm.data.batches import SlidingWindows
+    from scratchllm.train.loop import IGNORE_INDEX, loss_sum
+    from scratchllm.train.precision import autocast
+
+    ctx = model.config.context_length
+    tokens = data.val[: max_tokens + 1]
+    windows = SlidingWindows(tokens, ctx, ctx, batch_size, name="the validation split")
+    specials = torch.tensor(sorted(data.tokenizer.special_tokens.values()), dtype=torch.long)
+    device = next(model.parameters()).device
+    model.eval()
+    nats, n_bytes, n_tokens = 0.0, 0, 0
+    for x, y in windows:
+        y = y.masked_fill(torch.isin(y, specials), IGNORE_INDEX)
+        with autocast(precision, device):
+            nats += loss_sum(model, x.to(device), y.to(device)).item()
+        scored = y[y != IGNORE_INDEX]
+        n_tokens += scored.numel()
+        n_bytes += len(data.tokenizer.decode_bytes(scored.tolist()))
+    if n_tokens == 0:
+        raise ScratchLLMError("the validation split holds no text to evaluate: use a larger corpus")
+    return nats / n_tokens, nats / math.log(2) / n_bytes, n_tokens
+
+
+def write_samples(model: Any, tokenizer: Any, path: Path, prompts: tuple[str, ...] = SAMPLE_PROMPTS,
+                  n_tokens: int = SAMPLE_TOKENS, temperature: float = 0.8, top_k: int = 50, seed: int = 1) -> Path:
+    """Sample ``n_tokens`` after each prompt and write them, one section per prompt, to ``path``.
+
+    A model reads at most its context, so longer samples go on in windows: each continues from
+    the last half-context of text written so far.
+    """
+    from scratchllm.generate import generate
+
+    model.eval()
+    keep = model.config.context_length // 2
+    sections = []
+    for prompt in prompts:
+        ids = tokenizer.encode_ordinary(prompt)
+        text = list(ids)
+        for window in range(n_tokens):  # at least one new token per window
+            if len(text) - len(ids) >= n_tokens:
+                break
+            tail = text[-keep:]
+            n_new = min(n_tokens - (len(text) - len(ids)), model.config.context_length - len(tail))
+            text += generate(model, [tail], max_new_tokens=n_new, temperature=temperature, top_k=top_k,
+                             seed=seed + window)[0][len(tail):]
+        sections.append(f"--- prompt {prompt!r} (temperature {temperature}, top-k {top_k}, seed {seed})\n"
+                        f"{tokenizer.decode(text)}\n")
+    atomic_write_text(path, "\n".join(sections))
+    return path
+
+
+def machine_description() -> str:
+    """One line naming the hardware and torch build the demo ran on."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    from scratchllm.train.precision import cpu_has_bf16
+
+    bf16 = ", bf16 matmul (AMX/AVX512-BF16)" if cpu_has_bf16() else ""
+    return (f"{os.cpu_count()}-core {platform.machine()} CPU{bf16}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}")
+
+
+def summary(demo: DemoResult) -> str:
+    """What the demo produced, where, and how to continue."""
+    width = max(len(name) for name in demo.files)
+    listing = "\n".join(f"    {name:<{width}}  {what}" for name, what in demo.files.items())
+    out = demo.out
+    return (
+        f"\ndemo finished in {demo.seconds / 60:.1f} min: {demo.steps:,} steps, {demo.tokens:,} training tokens, "
+        f"{demo.precision}\n"
+        f"  held-out text: {demo.val_loss:.4f} nats/token = {demo.bits_per_byte:.3f} bits per byte "
+        f"({demo.eval_tokens:,} tokens)\n"
+        f"  in {out}/:\n{listing}\n"
+        f"  next:\n"
+        f"    scratchllm generate --checkpoint {out} --prompt \"To be, or not to be\"   # write more text\n"
+        f"    scratchllm tour --checkpoint {out}                   # one sentence through every layer\n"
+        f"    scratchllm attention --checkpoint {out} --text \"...\"   # attention maps per layer and head\n"
+        f"    scratchllm train --resume {out}                      # continue if the run was interrupted\n"
+        f"    scratchllm train --config {out}/config.toml --out runs/longer --set train.max_steps=5000"
+        f"   # train longer"
+    )

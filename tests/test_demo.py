@@ -1,0 +1,105 @@
+"""The demo end to end at a tiny size on a local file: every promised file exists and is valid."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import tomllib
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scratchllm.checkpoint import load_checkpoint
+from scratchllm.cli import main
+from scratchllm.demo import SAMPLE_PROMPTS, DemoResult, held_out_loss, summary
+from scratchllm.generate import generate
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, shared_data):
+    root = tmp_path_factory.mktemp("demo")
+    corpus = root / "verdict.txt"
+    shutil.copy(shared_data / "the-verdict.txt", corpus)
+    out = root / "run"
+    code = main(["demo", "--minutes", "0.25", "--preset", "tiny", "--corpus", str(corpus), "--out", str(out),
+                 "--quiet"])
+    return code, out
+
+
+def test_demo_exits_cleanly_and_says_how_to_continue(demo_run):
+    code, out = demo_run
+    assert code == 0
+    demo = json.loads((out / "demo.json").read_text())
+    known = {f.name for f in dataclasses.fields(DemoResult)}
+    text = summary(DemoResult(**{k: v for k, v in demo.items() if k in known} | {"out": out}))
+    assert f"scratchllm generate --checkpoint {out}" in text and f"scratchllm train --resume {out}" in text
+    for name in demo["files"]:
+        assert (out / name).exists() and name in text
+
+
+def test_every_promised_file_is_valid(demo_run):
+    _, out = demo_run
+    config = tomllib.loads((out / "config.toml").read_text())
+    assert config["model"]["n_layers"] == 2 and config["train"]["max_steps"] >= 10
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    evals = [r for r in records if "val_loss" in r]
+    assert len(steps) == config["train"]["max_steps"] and all(math.isfinite(r["loss"]) for r in steps)
+    assert evals and evals[-1]["step"] == config["train"]["max_steps"]
+    for picture in ("loss.png", "attention.png"):
+        image = matplotlib.image.imread(out / picture)
+        assert image.ndim == 3 and min(image.shape[:2]) > 100
+    samples = (out / "samples.txt").read_text()
+    assert all(f"--- prompt {p!r}" in samples for p in SAMPLE_PROMPTS)
+    demo = json.loads((out / "demo.json").read_text())
+    assert demo["steps"] == config["train"]["max_steps"]
+    assert 0 < demo["bits_per_byte"] < 9  # better than uniform over 300 tokens (8.2 bits / 1 byte)
+    assert (out / "data" / "manifest.json").is_file()
+
+
+def test_checkpoint_loads_and_generates(demo_run):
+    _, out = demo_run
+    model, tokenizer = load_checkpoint(out)
+    ids = tokenizer.encode_ordinary("I had always")
+    new = generate(model.eval(), [ids], max_new_tokens=5, temperature=1.0, seed=0)[0]
+    assert len(new) == len(ids) + 5 and new[: len(ids)] == ids
+    assert isinstance(tokenizer.decode(new), str)
+
+
+def test_held_out_loss_equals_a_plain_cross_entropy(demo_run):
+    from scratchllm.data.shards import open_prepared
+
+    _, out = demo_run
+    model, _ = load_checkpoint(out)
+    data = open_prepared(out / "data")
+    nats, bpb, n = held_out_loss(model, data, "fp32", batch_size=3)
+    # Oracle: non-overlapping windows of the context, torch's cross-entropy, bytes of the text.
+    T = model.config.context_length
+    val = torch.from_numpy(np.asarray(data.val, dtype=np.int64))
+    starts = range(0, len(val) - T, T)
+    x = torch.stack([val[s : s + T] for s in starts])
+    y = torch.stack([val[s + 1 : s + T + 1] for s in starts])
+    with torch.no_grad():
+        losses = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="none")
+    special = torch.isin(y.flatten(), torch.tensor(list(data.tokenizer.special_tokens.values())))
+    expected = losses[~special].mean().item()
+    n_bytes = len(data.tokenizer.decode(y.flatten()[~special].tolist()).encode("utf-8"))
+    assert n == int((~special).sum())
+    assert nats == pytest.approx(expected, rel=1e-4)
+    assert bpb == pytest.approx(losses[~special].sum().item() / math.log(2) / n_bytes, rel=1e-4)
+
+
+def test_newcomer_errors_are_one_line(demo_run, tmp_path, capsys):
+    code, out = demo_run
+    assert main(["demo", "--preset", "tiniy", "--out", str(tmp_path / "x")]) == 2
+    assert "did you mean 'tiny'" in capsys.readouterr().err
+    assert main(["demo", "--preset", "tiny", "--out", str(out)]) == 2
+    assert "already holds a trained run" in capsys.readouterr().err
+    assert main(["demo", "--minutes", "0", "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "--minutes must be positive" in err and len(err.strip().splitlines()) == 1
