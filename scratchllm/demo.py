@@ -3,10 +3,12 @@
     corpus -> BPE tokenizer -> token shards -> plan the steps that fit the budget -> train
            -> held-out evaluation (bits per byte) -> samples.txt, loss.png, attention.png
 
-The time budget drives the schedule: one training step of the actual model is timed (in the
-precision ``auto`` picks, bf16 where it wins on this machine), and ``max_steps`` is what fits
-in the minutes left after preparing the data and before the final evaluation, so the cosine
-learning-rate schedule runs to its end and the demo finishes on time.
+The time budget drives the schedule: the run first trains ``CALIBRATION_STEPS`` real steps (in
+the precision ``auto`` picks: bf16 where it wins on this machine), times them, and resumes with
+``max_steps`` set to what fits in the minutes left before the final evaluation. The calibration
+steps lie inside the learning-rate warmup, which does not depend on ``max_steps``, so the run is
+the one it would have been had ``max_steps`` been known from the start, and its cosine schedule
+ends on time.
 
 Quality is measured in bits per byte on the held-out text (for ``shakespeare``: whole works
 the tokenizer and the model never saw), which compares across tokenizers:
@@ -43,20 +45,18 @@ RECIPES: dict[str, dict[str, Any]] = {
         "vocab_size": 4096,
         "model": {"n_layers": 4, "n_heads": 4, "d_model": 256, "context_length": 128, "dropout": 0.0,
                   "tie_embeddings": True},
-        "train": {"batch_size": 16, "lr": 2e-3, "min_lr": 2e-4, "weight_decay": 0.1},
+        "train": {"batch_size": 16, "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 100, "weight_decay": 0.1},
     },
     "tiny": {
         "vocab_size": 300,
         "model": {"n_layers": 2, "n_heads": 2, "d_model": 32, "context_length": 32, "dropout": 0.0},
-        "train": {"batch_size": 8, "lr": 3e-3, "min_lr": 3e-4},
+        "train": {"batch_size": 8, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 20},
     },
 }
 SAMPLE_PROMPTS = ("To be, or not to be", "My gracious lord,", "\n")
 ATTENTION_TEXT = "To be, or not to be, that is the question"
 SAMPLE_TOKENS = 120
-# A training step takes longer than the timed forward + backward: the optimizer update, batch
-# gathering, logging (measured: 1.23x for the default recipe on 2 cores, plus ~6 ms for tiny ones).
-STEP_OVERHEAD, STEP_OVERHEAD_SECONDS = 1.25, 0.006
+CALIBRATION_STEPS = 20  # timed first (inside the warmup), then the run resumes with the steps that fit
 N_EVALS = 5  # validation points on the loss curve during training (plus the start)
 EVAL_BATCHES = 8  # batches per validation point during training; the final evaluation reads all
 FINAL_EVAL_TOKENS = 2_000_000  # the final evaluation reads at most this many held-out tokens
@@ -122,16 +122,22 @@ def run_demo(
     data_dir = prepare(corpus, out / "data", vocab_size=settings["vocab_size"], cache_dir=cache_dir)
     data = open_prepared(data_dir)
 
-    say("[2/5] planning the run to fit the time budget")
-    config, plan = plan_run(settings, data, deadline=started + minutes * 60)
-    say(f"      {plan}")
+    say(f"[2/5] timing {CALIBRATION_STEPS} real training steps to plan the run")
+    config = demo_config(settings, data, max_steps=CALIBRATION_STEPS)
+    train(config, out, progress=False)
+    step_seconds = measured_step_seconds(out)
+    max_steps = plan_steps(step_seconds, started + minutes * 60 - time.perf_counter(), config, len(data.val))
+    config = demo_config(settings, data, max_steps=max_steps)
+    say(f"      {_num_params(config.model):,} parameters, batch {config.train.batch_size} x "
+        f"{config.model.context_length} tokens, {_precision(out)}: {step_seconds * 1000:.0f} ms/step "
+        f"-> {max_steps:,} steps fit in {minutes:g} min")
 
-    say(f"[3/5] training {config.train.max_steps:,} steps")
-    result = train(config, out, progress=progress)
-
+    say(f"[3/5] training to step {max_steps:,}")
+    result = train(config, out, resume=True, progress=progress)
     say("[4/5] evaluating on the held-out text")
     model, tokenizer = load_checkpoint(out)
-    val_loss, bpb, n_tokens = held_out_loss(model, data, config.train.precision, config.train.batch_size)
+    precision = _precision(out)
+    val_loss, bpb, n_tokens = held_out_loss(model, data, precision, config.train.batch_size)
     say(f"      val loss {val_loss:.4f} nats/token, {bpb:.3f} bits per byte over {n_tokens:,} tokens")
 
     say("[5/5] samples and pictures")
@@ -150,7 +156,7 @@ def run_demo(
         "demo.json": "the figures of this demo",
         "data/": "the tokenizer and the token shards",
     }
-    demo = DemoResult(out, checkpoint, result.step, result.tokens, config.train.precision, val_loss, bpb, n_tokens,
+    demo = DemoResult(out, checkpoint, result.step, result.tokens, precision, val_loss, bpb, n_tokens,
                       time.perf_counter() - started, files)
     atomic_write_json(out / "demo.json", {**demo.to_dict(), "corpus": str(corpus), "preset": preset,
                                           "minutes": minutes, "machine": machine_description(),
@@ -159,39 +165,53 @@ def run_demo(
     return demo
 
 
-def plan_run(settings: dict[str, Any], data: Any, deadline: float) -> tuple[Any, str]:
-    """The run config whose steps end by ``deadline`` (a ``time.perf_counter()`` value), and one
-    line saying how it was planned.
+def demo_config(settings: dict[str, Any], data: Any, max_steps: int) -> Any:
+    """The run config of a recipe on prepared ``data``, for ``max_steps`` optimizer updates.
 
-    One training step of the real model is timed in the precision ``auto`` picks; evaluations,
-    the final held-out pass and the end (checkpoint, samples, plots) are budgeted first.
+    Only ``max_steps`` and the evaluation interval depend on the budget: the warmup is fixed, so
+    the calibration steps (all inside the warmup) have the learning rates of the full run.
     """
-    from scratchllm.model import GPT, GPTConfig
+    from scratchllm.model import GPTConfig
     from scratchllm.train.config import DataConfig, RunConfig, TrainConfig
-    from scratchllm.train.distributed import resolve_device
-    from scratchllm.train.precision import resolve_precision, time_training_step
 
     model_cfg = GPTConfig(**{**settings["model"], "vocab_size": data.vocab_size})
-    batch = settings["train"]["batch_size"]
-    shape = (batch, model_cfg.context_length)
-    device = resolve_device("auto")
-    model = GPT(model_cfg).to(device)
-    precision = resolve_precision("auto", model, shape, device)
-    step = time_training_step(model, shape, device, precision) * STEP_OVERHEAD + STEP_OVERHEAD_SECONDS
-    forward = step / 3  # a forward pass is about a third of forward + backward
-    seconds_left = deadline - time.perf_counter()
-    val_batches = min(len(data.val), FINAL_EVAL_TOKENS) // (batch * model_cfg.context_length) + 1
-    reserve = END_SECONDS + val_batches * forward + (N_EVALS + 1) * EVAL_BATCHES * forward
-    max_steps = max(10, int((seconds_left - reserve) / step))
-    train_cfg = TrainConfig(
-        **settings["train"], max_steps=max_steps, warmup_steps=max(1, min(100, max_steps // 10)),
-        precision=precision, eval_interval=max(1, max_steps // N_EVALS), eval_batches=EVAL_BATCHES, keep_last=1,
-    )
-    config = RunConfig(model=model_cfg, train=train_cfg, data=DataConfig(str(Path(data.path).resolve())))
-    plan = (f"{model.num_params():,} parameters, batch {batch} x {model_cfg.context_length} tokens, {precision}: "
-            f"~{step * 1000:.0f} ms/step (timed) -> {max_steps:,} steps in the {max(seconds_left, 0) / 60:.1f} min "
-            "left")
-    return config, plan
+    train_cfg = TrainConfig(**settings["train"], max_steps=max_steps, precision="auto", keep_last=1,
+                            eval_interval=0 if max_steps <= CALIBRATION_STEPS else max(1, max_steps // N_EVALS),
+                            eval_batches=EVAL_BATCHES)
+    return RunConfig(model=model_cfg, train=train_cfg, data=DataConfig(str(Path(data.path).resolve())))
+
+
+def measured_step_seconds(run_dir: Path) -> float:
+    """Median seconds per optimizer update of the steps logged so far, the first few left out
+    (they pay for one-time kernel setup)."""
+    from scratchllm.train.metrics import read_metrics
+
+    records = [r for r in read_metrics(run_dir) if r.get("tokens_per_s")]
+    per_step = sorted(r["tokens"] / r["step"] / r["tokens_per_s"] for r in records[3:] or records)
+    return per_step[len(per_step) // 2]
+
+
+def plan_steps(step_seconds: float, seconds_left: float, config: Any, val_tokens: int) -> int:
+    """How many optimizer updates fit in ``seconds_left``, after the evaluations during training,
+    the final held-out pass (forward passes cost about a third of a training step) and the end."""
+    batch_tokens = config.train.batch_size * config.model.context_length
+    forward_batches = N_EVALS * EVAL_BATCHES + min(val_tokens, FINAL_EVAL_TOKENS) / batch_tokens + 1
+    reserve = END_SECONDS + forward_batches * step_seconds / 3
+    return max(CALIBRATION_STEPS, CALIBRATION_STEPS + int((seconds_left - reserve) / step_seconds))
+
+
+def _num_params(model_config: Any) -> int:
+    from scratchllm.model import GPT
+
+    with torch.device("meta"):  # shapes only, no memory
+        return GPT(model_config).num_params()
+
+
+def _precision(run_dir: Path) -> str:
+    """The precision ``auto`` resolved to, as the newest checkpoint records it."""
+    from scratchllm.checkpoint import STATE_FILE, list_checkpoints, read_json
+
+    return read_json(list_checkpoints(run_dir)[-1] / STATE_FILE)["precision"]
 
 
 @torch.no_grad()
