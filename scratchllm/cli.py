@@ -14,9 +14,12 @@ from scratchllm.errors import ScratchLLMError
 COMMAND_MODULES: list[str] = [
     "demo",
     "tokenizer",
+    "model",
     "prepare",
     "train",
     "plot",
+    "generate",
+    "convert",
     "tour",
     "attention",
 ]

@@ -210,7 +210,8 @@ def _fit_context(model: GPT, ids, valid, max_new_tokens: int, crop: bool):
     if not crop or room < 1:
         raise ScratchLLMError(
             f"prompt of {ids.shape[1]} tokens + {max_new_tokens} new tokens exceeds the model's context_length of "
-            f"{cfg.context_length} (learned positions); shorten the prompt, lower max_new_tokens, or crop the prompt"
+            f"{cfg.context_length} (learned positions); shorten the prompt, lower max_new_tokens, "
+            "or crop the prompt (crop=True, --crop)"
         )
     ids = ids[:, -room:]
     valid = valid[:, -room:] if valid is not None else None

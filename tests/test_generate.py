@@ -135,3 +135,28 @@ def test_prompt_longer_than_a_learned_context_errors_or_crops():
     assert torch.equal(cropped[:, 40:], generate(model, long[:, -27:], 5)[:, 27:])
     with pytest.raises(ScratchLLMError, match="every prompt"):
         generate(model, [[1], []], 2)
+
+
+def test_cli_streams_the_greedy_continuation_and_stops_at_endoftext(tmp_path, shared_data, capsys):
+    from scratchllm.checkpoint import save_checkpoint
+    from scratchllm.cli import main
+    from scratchllm.tokenizer import BPETokenizer
+
+    tok = BPETokenizer.from_gpt2_files(shared_data / "gpt2" / "encoder.json", shared_data / "gpt2" / "vocab.bpe")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size, d_model=32, n_heads=2))
+    save_checkpoint(tmp_path / "ckpt", model, tok)
+    prompt = "Héllo, wörld"
+    ids = tok.encode(prompt)
+    expected = generate(model, [ids], 12)[0][len(ids) :]
+    assert main(["generate", "--checkpoint", str(tmp_path / "ckpt"), "--prompt", prompt, "--max-new-tokens", "12",
+                 "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == prompt + tok.decode(expected) + "\n"
+
+    eot = tok.special_tokens["<|endoftext|>"]
+    with torch.no_grad():  # make <|endoftext|> the likeliest next token everywhere
+        model.out_head.weight[:, eot] = model.out_head.weight[:, expected[2]] * 5
+    save_checkpoint(tmp_path / "ckpt", model, tok)
+    assert main(["generate", "--checkpoint", str(tmp_path / "ckpt"), "--prompt", prompt, "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "<|endoftext|>" not in out and len(out) < len(prompt) + 100

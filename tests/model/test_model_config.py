@@ -64,3 +64,13 @@ def test_flops_and_memory_estimates():
     mem = model.memory_estimate()
     assert mem["weights"] == 4 * 124_412_160 and mem["training_state"] == 4 * mem["weights"]
     assert mem["kv_cache"] == 2 * 12 * 1024 * 768 * 4
+
+
+def test_cli_model_info_prints_both_counts(capsys):
+    from scratchllm.cli import main
+
+    assert main(["model", "info", "--preset", "gpt2-124m"]) == 0
+    out = capsys.readouterr().out
+    assert "163,009,536" in out and "124,412,160" in out and "FLOPs per token" in out
+    assert main(["model", "info", "--preset", "tiny", "--set", "n_head=2"]) == 2
+    assert "n_heads" in capsys.readouterr().err

@@ -1,0 +1,43 @@
+"""``scratchllm convert``: Hugging Face GPT-2 folders to scratchllm checkpoints and back."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "convert",
+        help="convert between Hugging Face GPT-2 folders and scratchllm checkpoints",
+        description="--from-hf DIR --out CKPT reads config.json + model.safetensors (+ vocab.json and "
+        "merges.txt when present) into a scratchllm checkpoint; --to-hf CKPT --out DIR writes a folder that "
+        "transformers.GPT2LMHeadModel.from_pretrained loads (+ tokenizer.json).",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-hf", metavar="DIR", help="a Hugging Face GPT-2 folder")
+    source.add_argument("--to-hf", metavar="CKPT", help="a scratchllm checkpoint or run folder")
+    p.add_argument("--out", required=True, metavar="PATH", help="where to write the result")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from scratchllm.checkpoint import load_checkpoint, save_checkpoint
+    from scratchllm.interop import load_hf_gpt2, save_hf_gpt2
+
+    if args.from_hf:
+        src = Path(args.from_hf)
+        model = load_hf_gpt2(src)
+        tokenizer = None
+        if (src / "vocab.json").is_file() and (src / "merges.txt").is_file():
+            from scratchllm.tokenizer import BPETokenizer
+
+            tokenizer = BPETokenizer.from_gpt2_files(src / "vocab.json", src / "merges.txt")
+        save_checkpoint(args.out, model, tokenizer)
+        note = "with its tokenizer" if tokenizer is not None else "without a tokenizer (no vocab.json + merges.txt)"
+        print(f"wrote {args.out} ({model.num_params():,} parameters, {note})")
+    else:
+        model, tokenizer = load_checkpoint(args.to_hf)
+        save_hf_gpt2(model, args.out, tokenizer)
+        print(f"wrote {args.out} (config.json, model.safetensors{', tokenizer.json' if tokenizer else ''})")
+    return 0

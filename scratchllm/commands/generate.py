@@ -1,0 +1,58 @@
+"""``scratchllm generate --checkpoint PATH --prompt TEXT``: continue a text, printing as it goes."""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="continue a prompt with a trained model, streaming the text",
+        description="Continue --prompt with the model and tokenizer of --checkpoint, printing each token as it "
+        "is chosen. Stops at <|endoftext|> or after --max-new-tokens. --temperature 0 is greedy.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint folder or a run folder (newest)")
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help="default 200, or as many as a learned-position model's context leaves")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more random (default 0.8)")
+    p.add_argument("--top-k", type=int, default=200, metavar="K", help="sample among the K most likely (default 200)")
+    p.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling: smallest set with mass P")
+    p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    p.add_argument("--crop", action="store_true", help="keep only the last tokens of a prompt too long for the model")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from scratchllm.checkpoint import load_checkpoint
+    from scratchllm.errors import ScratchLLMError
+    from scratchllm.generate import stream
+
+    model, tokenizer = load_checkpoint(args.checkpoint)
+    if tokenizer is None:
+        raise ScratchLLMError(f"{args.checkpoint} holds no tokenizer/ folder, so the prompt cannot be encoded")
+    ids = tokenizer.encode(args.prompt)
+    if not ids:
+        raise ScratchLLMError("the prompt is empty; give at least one character")
+    max_new = args.max_new_tokens
+    if max_new is None:
+        room = model.config.context_length - len(ids) if model.config.pos_encoding == "learned" else 200
+        max_new = min(200, room) if room > 0 else 200  # no room: let generate explain (or crop)
+    eot = tokenizer.special_tokens.get("<|endoftext|>")
+    stops = [eot] if eot is not None else []
+    # A token can end in the middle of a UTF-8 character: decode bytes incrementally.
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    tokens = stream(model, [ids], max_new, args.temperature, args.top_k, args.top_p, stops, args.seed,
+                    crop=args.crop)
+    for token in tokens:
+        if int(token) in stops:
+            break
+        sys.stdout.write(utf8.decode(tokenizer.decode_bytes([int(token)])))
+        sys.stdout.flush()
+    sys.stdout.write(utf8.decode(b"", final=True) + "\n")
+    return 0
