@@ -57,6 +57,7 @@ SAMPLE_PROMPTS = ("To be, or not to be", "My gracious lord,", "\n")
 ATTENTION_TEXT = "To be, or not to be, that is the question"
 SAMPLE_TOKENS = 120
 CALIBRATION_STEPS = 20  # timed first (inside the warmup), then the run resumes with the steps that fit
+STEP_MARGIN = 1.06  # later steps ran ~6% slower than the calibration steps (2-core CPU, 2026-11-30)
 N_EVALS = 5  # validation points on the loss curve during training (plus the start)
 EVAL_BATCHES = 8  # batches per validation point during training; the final evaluation reads all
 FINAL_EVAL_TOKENS = 2_000_000  # the final evaluation reads at most this many held-out tokens
@@ -196,6 +197,7 @@ def plan_steps(step_seconds: float, seconds_left: float, config: Any, val_tokens
     the final held-out pass (forward passes cost about a third of a training step) and the end."""
     batch_tokens = config.train.batch_size * config.model.context_length
     forward_batches = N_EVALS * EVAL_BATCHES + min(val_tokens, FINAL_EVAL_TOKENS) / batch_tokens + 1
+    step_seconds *= STEP_MARGIN
     reserve = END_SECONDS + forward_batches * step_seconds / 3
     return max(CALIBRATION_STEPS, CALIBRATION_STEPS + int((seconds_left - reserve) / step_seconds))
 

@@ -194,9 +194,11 @@ def _ids_step(ids: list[int], labels: list[str]) -> TourStep:
 def _embedding_step(model: Any, idx: torch.Tensor, record: dict, out: Path) -> tuple[TourStep, torch.Tensor]:
     cfg = model.config
     T = idx.shape[1]
-    tok = model.tok_emb(idx)  # (1, T, d)
+    table = model.token_embeddings  # (vocab, d)
+    tok = table[idx]  # (1, T, d): one row per id
+    shared = ", shared with the output head: tied embeddings" if cfg.tie_embeddings else ""
     lines = [
-        f"token embedding table tok_emb: {tuple(model.tok_emb.weight.shape)} (one learned row per id); "
+        f"token embedding table: {tuple(table.shape)} (one learned row per id{shared}); "
         f"looked up for our ids: {tuple(tok.shape)}",
     ]
     if cfg.pos_encoding == "learned":

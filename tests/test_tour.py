@@ -82,10 +82,11 @@ def test_attention_and_next_token_match_torch(tmp_path):
     assert "loaded from" in steps[0].lines[0]
 
 
-@pytest.mark.parametrize("pos_encoding", ["sinusoidal", "rope", "none"])
-def test_hand_computations_hold_for_every_position_encoding(tmp_path, pos_encoding):
+@pytest.mark.parametrize(("pos_encoding", "tied"), [("sinusoidal", False), ("rope", False), ("none", False),
+                                                    ("learned", True)])
+def test_hand_computations_hold_for_every_position_encoding(tmp_path, pos_encoding, tied):
     # The tour checks each recomputed stage against the model and raises on a mismatch.
-    path, _, _ = _checkpoint(tmp_path, pos_encoding=pos_encoding, n_heads=2, qkv_bias=True)
+    path, _, _ = _checkpoint(tmp_path, pos_encoding=pos_encoding, n_heads=2, qkv_bias=True, tie_embeddings=tied)
     steps = tour(path, TEXT, tmp_path / "out", echo=None)
     checks = [line for s in steps for line in s.lines if line.startswith("check:")]
     assert len(checks) == 3
