@@ -282,6 +282,34 @@ def _rerun_hint(data_dir: Path, manifest: dict[str, Any] | None = None) -> str:
     return f"re-run `scratchllm prepare --corpus {corpus} --out {data_dir}`"
 
 
+def _read_manifest(data_dir: Path) -> dict[str, Any]:
+    """Load and check ``data_dir/manifest.json``: valid JSON, this format version, every key open_prepared reads."""
+    path = data_dir / "manifest.json"
+    if not path.is_file():
+        raise ScratchLLMError(f"{data_dir} is not a prepared data folder (no manifest.json): "
+                              f"run `scratchllm prepare --corpus NAME --out {data_dir}` first")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ScratchLLMError(f"{path} is not valid JSON ({err}): {_rerun_hint(data_dir)}") from err
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise ScratchLLMError(f"{path} has format version {version}, this scratchllm reads {FORMAT_VERSION}: "
+                              f"{_rerun_hint(data_dir)}")
+    try:
+        for key in ("dir", "fingerprint"):
+            manifest["tokenizer"][key]
+        np.dtype(manifest["dtype"])
+        int(manifest["eot_id"])
+        for name in SPLITS:
+            info = manifest["splits"][name]
+            info["file"], int(info["tokens"]), info["sha256"]
+    except (KeyError, TypeError, ValueError) as err:
+        raise ScratchLLMError(f"{path} is incomplete or damaged ({type(err).__name__}: {err}): "
+                              f"{_rerun_hint(data_dir, manifest)}") from err
+    return manifest
+
+
 def open_prepared(data_dir: str | os.PathLike, tokenizer: str | os.PathLike | BPETokenizer | None = None,
                   verify: bool = False) -> PreparedData:
     """Open a folder written by ``prepare``, checking the manifest, the shards and the tokenizer.
@@ -293,17 +321,7 @@ def open_prepared(data_dir: str | os.PathLike, tokenizer: str | os.PathLike | BP
     >>> data.train[:5], data.tokenizer.decode(data.val[:20].tolist())            # doctest: +SKIP
     """
     data_dir = Path(data_dir)
-    manifest_path = data_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise ScratchLLMError(f"{data_dir} is not a prepared data folder (no manifest.json): "
-                              f"run `scratchllm prepare --corpus NAME --out {data_dir}` first")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ScratchLLMError(f"{manifest_path} is not valid JSON ({err}): {_rerun_hint(data_dir)}") from err
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ScratchLLMError(f"{manifest_path} has format version {manifest.get('format_version')}, this scratchllm "
-                              f"reads {FORMAT_VERSION}: {_rerun_hint(data_dir, manifest)}")
+    manifest = _read_manifest(data_dir)
     if tokenizer is None:
         tokenizer = data_dir / manifest["tokenizer"]["dir"]
     tok = tokenizer if isinstance(tokenizer, BPETokenizer) else BPETokenizer.load(tokenizer)

@@ -128,6 +128,12 @@ def test_damaged_folders_are_named(tmp_path, verdict_cache):
     with pytest.raises(ScratchLLMError, match="not a prepared data folder"):
         open_prepared(tmp_path)
     out = prepare("the-verdict", tmp_path / "data", vocab_size=300, workers=1, cache_dir=verdict_cache)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["splits"]["val"]["tokens"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ScratchLLMError, match="manifest.json is incomplete or damaged.*re-run `scratchllm prepare"):
+        open_prepared(out)
+    out = prepare("the-verdict", out, vocab_size=300, workers=1, cache_dir=verdict_cache)  # the fix works
     with open(out / "val.bin", "r+b") as f:
         f.truncate(100)
     with pytest.raises(ScratchLLMError, match="val.bin is 100 bytes"):
