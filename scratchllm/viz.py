@@ -148,18 +148,21 @@ def plot_attention_grid(attention: Sequence[torch.Tensor], path: str | os.PathLi
 
 def plot_sinusoidal_encoding(path: str | os.PathLike, n_positions: int = 64, dim: int = 64) -> Path:
     """The fixed encoding PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(...) as a heatmap
-    (positions down, dimensions across) and as curves of a few dimensions against position."""
+    (positions down; the sin dimensions, then the cos ones, across) and as curves of a few
+    dimensions against position: each pair of dimensions turns at its own speed."""
     plt = _pyplot()
-    pe = sinusoidal_encoding(torch.arange(n_positions), dim)  # (n_positions, dim)
+    pe = sinusoidal_encoding(torch.arange(n_positions), dim)  # (n_positions, dim), sin and cos interleaved
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-    image = left.imshow(pe.numpy(), cmap="RdBu", aspect="auto", vmin=-1, vmax=1, interpolation="nearest")
-    left.set_xlabel("dimension")
-    left.set_ylabel("position")
+    by_kind = torch.cat((pe[:, 0::2], pe[:, 1::2]), dim=1)  # sin of every frequency, then cos
+    image = left.imshow(by_kind.numpy(), cmap="RdBu", aspect="auto", vmin=-1, vmax=1, interpolation="nearest")
+    left.axvline(dim / 2 - 0.5, color="black", lw=1)
+    left.set_xticks([dim / 4, 3 * dim / 4], ["sin(p w_i), i = 0..d/2-1", "cos(p w_i), i = 0..d/2-1"])
+    left.set_ylabel("position p")
     left.set_title(f"sinusoidal encoding, {n_positions} positions x {dim} dimensions", fontsize=10)
     fig.colorbar(image, ax=left)
-    for d in sorted({0, 1, 4, 5, dim // 2, dim - 2} & set(range(dim))):
-        right.plot(pe[:, d].numpy(), label=f"dim {d} ({'sin' if d % 2 == 0 else 'cos'})", lw=1.2)
-    right.set_xlabel("position")
+    for i in sorted({0, dim // 16, dim // 8, dim // 4, dim // 2 - 1}):
+        right.plot(pe[:, 2 * i].numpy(), lw=1.2, label=f"dim {2 * i}: sin(p / 10000^({2 * i}/{dim}))")
+    right.set_xlabel("position p")
     right.set_ylabel("value")
     right.set_title("low dimensions turn fast, high ones slowly", fontsize=10)
     right.legend(fontsize=8, loc="lower left")
