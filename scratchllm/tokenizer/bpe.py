@@ -26,9 +26,11 @@ from itertools import chain, repeat
 from operator import add
 from pathlib import Path
 
+import numpy as np
 import regex
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.tokenizer.batch import PairTable, encode_chunks
 from scratchllm.tokenizer.patterns import Splitter, resolve_pattern
 from scratchllm.tokenizer.train import count_chunks, learn_merges
 
@@ -38,20 +40,8 @@ DEFAULT_SPECIAL_TOKENS = (ENDOFTEXT, PADDING)
 MAX_ID = 0x10FFFE  # ids are held as characters chr(id); chr(0x10FFFF) marks "no merge"
 _NO_MERGE = chr(0x10FFFF)
 CACHE_LIMIT = 1 << 20  # chunks remembered before the cache starts over
-
-
-class _ChunkCache(dict):
-    """``chunk -> ids``; a missing chunk is encoded on first lookup (so lookups run at C speed)."""
-
-    def __init__(self, encode_chunk) -> None:
-        super().__init__()
-        self._encode_chunk = encode_chunk
-
-    def __missing__(self, chunk: str) -> list[int]:
-        if len(self) >= CACHE_LIMIT:
-            self.clear()
-        ids = self[chunk] = self._encode_chunk(chunk)
-        return ids
+BATCH_MIN = 64  # fewer new chunks than this are encoded one by one (numpy has a fixed cost)
+BATCH_MAX_BYTES = 40  # longer chunks need many numpy rounds; the per-chunk loop takes them
 
 
 class BPETokenizer:
@@ -111,7 +101,9 @@ class BPETokenizer:
         identity = self.byte_ids == list(range(256))
         self._byte_table = None if identity else {b: i for b, i in enumerate(self.byte_ids)}
         self._split = Splitter(self.pattern)
-        self._cache = _ChunkCache(self._encode_chunk)
+        self._cache: dict[str, list[int]] = {}  # chunk -> ids
+        self._pair_table = PairTable(pair_to_token)
+        self._byte_id_array = np.array(self.byte_ids, dtype=np.int64)
 
     @classmethod
     def train(
@@ -162,12 +154,8 @@ class BPETokenizer:
             ) from None
 
     # ----------------------------------------------------------------------------- encoding
-    def _encode_chunk(self, chunk: str) -> list[int]:
-        """BPE on one pre-token chunk, on a string of characters chr(id)."""
-        data = chunk.encode("utf-8")
-        whole = self._bytes_to_id.get(data)
-        if whole is not None:  # a chunk that is one token is that token (tiktoken does the same)
-            return [whole]
+    def _encode_chunk(self, data: bytes) -> list[int]:
+        """BPE on the bytes of one pre-token chunk, on a string of characters chr(id)."""
         word = data.decode("latin-1")
         if self._byte_table is not None:
             word = word.translate(self._byte_table)
@@ -191,7 +179,34 @@ class BPETokenizer:
         >>> tok.encode_ordinary("hi!")
         [104, 105, 33]
         """
-        return list(chain.from_iterable(map(self._cache.__getitem__, self._split(text))))
+        chunks = self._split(text)
+        try:  # the common case, every chunk seen before: a C-speed lookup per chunk
+            return list(chain.from_iterable(map(self._cache.__getitem__, chunks)))
+        except KeyError:
+            self._add_to_cache(set(chunks).difference(self._cache))
+            return list(chain.from_iterable(map(self._cache.__getitem__, chunks)))
+
+    def clear_cache(self) -> None:
+        """Forget the ids of chunks seen so far (the next encode starts cold)."""
+        self._cache.clear()
+
+    def _add_to_cache(self, new_chunks: set[str]) -> None:
+        """Encode chunks not in the cache: whole tokens directly, many short ones with numpy."""
+        cache = self._cache
+        if len(cache) + len(new_chunks) > CACHE_LIMIT:
+            cache.clear()
+        chunks = list(new_chunks)
+        datas = [chunk.encode("utf-8") for chunk in chunks]
+        # A chunk that is one token is that token (as in tiktoken).
+        whole = list(map(self._bytes_to_id.get, datas))
+        cache.update((c, [t]) for c, t in zip(chunks, whole, strict=True) if t is not None)
+        rest = [(c, d) for c, d, t in zip(chunks, datas, whole, strict=True) if t is None]
+        one_by_one = rest if len(rest) < BATCH_MIN else [(c, d) for c, d in rest if len(d) > BATCH_MAX_BYTES]
+        cache.update((c, self._encode_chunk(d)) for c, d in one_by_one)
+        batch = [(c, d) for c, d in rest if len(d) <= BATCH_MAX_BYTES] if len(rest) >= BATCH_MIN else []
+        if batch:
+            new_ids = encode_chunks([d for _, d in batch], self._byte_id_array, self._pair_table)
+            cache.update(zip((c for c, _ in batch), new_ids, strict=True))
 
     def encode(
         self,

