@@ -191,18 +191,20 @@ def _apply_merge(
             if i > 0:
                 left = new if i == end else word[i - 1]
                 pair_counts[(b if i == end else left) + a] -= weight
-                pair_counts[left + new] += weight
-                where[left + new].append(index)
-                born.add(left + new)
+                born_pair = left + new
+                pair_counts[born_pair] += weight
+                where[born_pair].append(index)
+                born.add(born_pair)
             end = i + 2
             i = word.find(pair, end)
             if end < len(word) and i != end:
                 right = word[end]
                 pair_counts[b + right] -= weight
-                pair_counts[new + right] += weight
-                where[new + right].append(index)
-                born.add(new + right)
+                born_pair = new + right
+                pair_counts[born_pair] += weight
+                where[born_pair].append(index)
+                born.add(born_pair)
         words[index] = word.replace(pair, new)
     pair_counts[pair] = 0
-    for new_pair in sorted(born):
-        heapq.heappush(heap, (-pair_counts[new_pair], new_pair))
+    for born_pair in born:  # (count, pair) orders entries fully, so push order does not matter
+        heapq.heappush(heap, (-pair_counts[born_pair], born_pair))
