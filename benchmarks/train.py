@@ -142,7 +142,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cpu = torch.device("cpu")
-    peaks = {p: matmul_peak_flops(p, cpu) for p in ("fp32", "bf16")}
+    peaks = {p: matmul_peak_flops(p, cpu, n=2048, repeats=10) for p in ("fp32", "bf16")}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; measured matmul peak (2048^3): "
           f"fp32 {peaks['fp32'] / 1e9:,.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:,.0f} GFLOP/s")
     with tempfile.TemporaryDirectory() as tmp:

@@ -122,6 +122,11 @@ def bytes_per_token(tokenizer: Any, tokens: Any, sample: int = 1_000_000) -> flo
     return len(tokenizer.decode_bytes(ids)) / max(len(ids), 1)
 
 
+def _is_out_of_memory(err: BaseException) -> bool:
+    text = str(err)
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
+
+
 def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train ``config`` on the prepared data in ``config.data.dir``, writing to ``run_dir``.
 
@@ -259,10 +264,19 @@ class _Run:
         micro = [tuple(t.to(device, non_blocking=True) for t in next(self.batches)) for _ in range(tc.grad_accum_steps)]
         n_local = sum(int((y != IGNORE_INDEX).sum()) for _, y in micro)
         (n_scored,) = all_reduce_sum(self.ctx, n_local)
-        local_sum = accumulate_gradients(
-            self.forward_model, micro, int(n_scored), world_size=self.ctx.world_size, scaler=self.scaler,
-            precision_ctx=lambda: autocast(self.precision, device),
-        )
+        try:
+            local_sum = accumulate_gradients(
+                self.forward_model, micro, int(n_scored), world_size=self.ctx.world_size, scaler=self.scaler,
+                precision_ctx=lambda: autocast(self.precision, device),
+            )
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not _is_out_of_memory(err):
+                raise
+            raise ScratchLLMError(
+                f"a micro-batch of {tc.batch_size} x {self.config.model.context_length} tokens does not fit in "
+                f"{device.type} memory: lower train.batch_size and raise train.grad_accum_steps by the same factor "
+                "(same effective batch)"
+            ) from None
         (global_sum,) = all_reduce_sum(self.ctx, float(local_sum))
         loss = global_sum / n_scored
         if not math.isfinite(loss):

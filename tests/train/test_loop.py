@@ -125,3 +125,19 @@ def test_user_mistakes_are_one_line_errors(tiny_data, tmp_path):
     assert again.returncode == 2 and "--resume" in again.stderr
     typo = run_cli("train", "--data", str(tiny_data), "--out", str(tmp_path / "c"), "--set", "train.max_step=3")
     assert typo.returncode == 2 and "did you mean 'train.max_steps'" in typo.stderr
+
+
+def test_a_batch_too_big_for_memory_suggests_accumulation(tiny_data, tmp_path, monkeypatch):
+    from train_helpers import TINY
+
+    from scratchllm.errors import ScratchLLMError
+    from scratchllm.train import load_run_config, loop
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(loop, "accumulate_gradients", out_of_memory)
+    config = load_run_config(overrides=[*TINY, f"data.dir={tiny_data}", "train.eval_at_start=false"],
+                             base={"model": {"vocab_size": 258}})
+    with pytest.raises(ScratchLLMError, match="raise train.grad_accum_steps"):
+        loop.train(config, tmp_path / "run", progress=False)
