@@ -39,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="scratchllm", description=__doc__)
+    parser = _Parser(prog="scratchllm", description="Build, train and run a GPT from scratch.")
     parser.add_argument("--version", action="version", version=f"scratchllm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
