@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import sys
 
 from scratchllm import __version__
-from scratchllm.errors import ScratchLLMError
+from scratchllm.errors import ScratchLLMError, did_you_mean
 
 # Command modules in the order a learner meets them; each registers its own sub-parser.
 COMMAND_MODULES: list[str] = [
@@ -32,9 +31,9 @@ class _Parser(argparse.ArgumentParser):
         if "invalid choice:" in message and self._subparsers is not None:
             choices = [c for action in self._subparsers._group_actions for c in (action.choices or {})]
             wrong = message.split("invalid choice: ")[1].split(" ")[0].strip("'")
-            close = difflib.get_close_matches(wrong, choices, n=1)
-            if close:
-                message = f"unknown command '{wrong}'; did you mean '{close[0]}'?"
+            hint = did_you_mean(wrong, choices)
+            if hint:
+                message = f"unknown command '{wrong}'{hint}"
         super().error(message)
 
 

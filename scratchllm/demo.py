@@ -22,7 +22,6 @@ the tokenizer and the model never saw), which compares across tokenizers:
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import platform
@@ -34,7 +33,7 @@ from typing import Any
 
 import torch
 
-from scratchllm.errors import ScratchLLMError
+from scratchllm.errors import ScratchLLMError, did_you_mean
 from scratchllm.fileio import atomic_write_json, atomic_write_text
 
 # Recipes: the tokenizer size, the model's shape and the optimizer settings; the number of
@@ -88,8 +87,7 @@ class DemoResult:
 def recipe(name: str) -> dict[str, Any]:
     """A demo recipe by name; an unknown name is an error that suggests the closest."""
     if name not in RECIPES:
-        close = difflib.get_close_matches(name, RECIPES, n=1, cutoff=0.4)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(name, RECIPES, cutoff=0.4)
         raise ScratchLLMError(f"unknown demo preset '{name}'{hint} (presets: {', '.join(RECIPES)})")
     return RECIPES[name]
 

@@ -8,12 +8,11 @@ line instead of a shape error deep inside a forward pass.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from scratchllm.errors import ScratchLLMError
+from scratchllm.errors import ScratchLLMError, did_you_mean
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "pos_encoding": ("learned", "sinusoidal", "rope", "none"),
@@ -126,8 +125,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _hint(wrong: str, choices: Any) -> str:
-    close = difflib.get_close_matches(str(wrong), list(choices), n=1, cutoff=0.4)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return did_you_mean(wrong, choices, cutoff=0.4)
 
 
 def _divisors(n: int) -> str:

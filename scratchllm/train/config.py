@@ -18,7 +18,6 @@ or resumed exactly. A TOML file looks like::
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import tomllib
 import types
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scratchllm.errors import ScratchLLMError
+from scratchllm.errors import ScratchLLMError, did_you_mean
 from scratchllm.fileio import atomic_write_text
 from scratchllm.model import GPTConfig
 
@@ -188,8 +187,7 @@ def explicit_settings(
     layers: list[tuple[str, dict[str, Any]]] = []
     if preset is not None:
         if preset not in PRESETS:
-            close = difflib.get_close_matches(preset, PRESETS, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; choose from {', '.join(PRESETS)}"
+            hint = did_you_mean(preset, PRESETS) or f"; choose from {', '.join(PRESETS)}"
             raise ScratchLLMError(f"unknown preset '{preset}'{hint}")
         layers.append((f"preset {preset}", PRESETS[preset]))
     if config_file is not None:
@@ -304,8 +302,7 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _unknown_key_message(section: str, key: str, hints: dict[str, Any]) -> str:
-    close = difflib.get_close_matches(key, hints, n=1, cutoff=0.5)
-    hint = f"; did you mean '{section}.{close[0]}'?" if close else f"; known keys: {', '.join(hints)}"
+    hint = did_you_mean(key, hints, cutoff=0.5, prefix=f"{section}.") or f"; known keys: {', '.join(hints)}"
     return f"unknown key '{section}.{key}'{hint}"
 
 
