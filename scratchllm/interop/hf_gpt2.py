@@ -47,7 +47,8 @@ _BLOCK = [
     ("ff.fc_out.weight", "mlp.c_proj.weight", False),
     ("ff.fc_out.bias", "mlp.c_proj.bias", False),
 ]
-_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # all the tanh form of GELU
+# Hugging Face activation names -> our GELU form
+_ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "exact"}
 
 
 def name_map(config: GPTConfig) -> list[tuple[str, str, bool]]:
@@ -68,7 +69,9 @@ def config_from_hf(hf: dict) -> GPTConfig:
         raise ScratchLLMError(f"model_type {hf.get('model_type')!r} is not GPT-2; only GPT-2 checkpoints load here")
     act = hf.get("activation_function", "gelu_new")
     if act not in _ACTIVATIONS:
-        raise ScratchLLMError(f"activation_function {act!r} is not supported; GPT-2 uses the tanh GELU (gelu_new)")
+        raise ScratchLLMError(
+            f"activation_function {act!r} is not supported; GPT-2 uses the tanh GELU (gelu_new), or give 'gelu'"
+        )
     for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
         if hf.get(flag):
             raise ScratchLLMError(f"config.json sets {flag}, which this GPT does not implement")
@@ -86,6 +89,7 @@ def config_from_hf(hf: dict) -> GPTConfig:
             pos_encoding="learned",
             norm="layernorm",
             ffn="gelu",
+            gelu=_ACTIVATIONS[act],
             tie_embeddings=hf.get("tie_word_embeddings", True),
             ffn_hidden=hf.get("n_inner"),
             norm_eps=hf.get("layer_norm_epsilon", 1e-5),
@@ -113,7 +117,7 @@ def config_to_hf(config: GPTConfig) -> dict:
         "n_head": config.n_heads,
         "n_layer": config.n_layers,
         "n_inner": config.hidden_dim,
-        "activation_function": "gelu_new",
+        "activation_function": "gelu_new" if config.gelu == "tanh" else "gelu",
         "layer_norm_epsilon": config.norm_eps,
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
@@ -175,15 +179,16 @@ def save_hf_gpt2(model: GPT, directory: str | os.PathLike, tokenizer=None) -> Pa
     """Write ``model`` as a Hugging Face GPT-2 directory that ``GPT2LMHeadModel.from_pretrained``
     loads; with a ``tokenizer`` (a ``BPETokenizer``) also its ``tokenizer.json``.
 
-    A model without Q/K/V biases (the book's default) gets zero biases: the same function.
+    A model without biases (the book's Q/K/V, or ``bias=False``) gets zero biases: the same function.
     """
     config = model.config
     hf_config = config_to_hf(config)
     state = model.state_dict()
     tensors = {}
     for ours, theirs, transposed in name_map(config):
-        if ours not in state:  # W_qkv.bias when qkv_bias=False
-            tensor = torch.zeros(3 * config.d_model, dtype=state["out_head.weight"].dtype)
+        if ours not in state:  # a bias the model does not have: zeros, sized like its weight's output
+            weight = state[ours.replace(".bias", ".weight").replace(".shift", ".scale")]
+            tensor = torch.zeros(weight.shape[-1], dtype=weight.dtype)
         else:
             tensor = state[ours].detach()
         tensors[theirs] = (tensor.t() if transposed else tensor).contiguous().cpu()

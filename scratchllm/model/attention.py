@@ -129,7 +129,7 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         self.d_model, self.n_heads, self.head_dim = config.d_model, config.n_heads, config.head_dim
         self.W_qkv = Linear(config.d_model, 3 * config.d_model, bias=config.qkv_bias)
-        self.out_proj = Linear(config.d_model, config.d_model)
+        self.out_proj = Linear(config.d_model, config.d_model, bias=config.bias)
         self.dropout_p = config.dropout
         self.dropout = nn.Dropout(config.dropout)
         self.explicit = False
@@ -168,7 +168,10 @@ class MultiHeadAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, H, L, hd), L = past + T
-        if self.explicit or self.store_attention:
+        # Under bf16 autocast on a CPU the formula written out is the fastest way: torch's flash
+        # kernel has a slow bf16 backward there and its math fallback adds NaN guards (benchmarks/train.py).
+        cpu_autocast = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        if self.explicit or self.store_attention or cpu_autocast:
             if mask is None and T == 1:
                 mask = torch.ones(1, k.shape[2], dtype=torch.bool, device=x.device)
             y, weights = masked_softmax_attention(q, k, v, mask, self.dropout)

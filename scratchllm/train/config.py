@@ -118,17 +118,20 @@ class RunConfig:
 
 SECTIONS: dict[str, type] = {"model": GPTConfig, "train": TrainConfig, "data": DataConfig}
 
+# nanoGPT's model choices, which its recipes were tuned with: no biases, exact GELU, tied head.
+_NANOGPT = {"bias": False, "gelu": "exact", "tie_embeddings": True}
+
 # Presets: a starting point per recipe. "model" keys are GPTConfig fields, "train" TrainConfig fields.
 # The vocabulary size comes from the prepared data unless a layer sets model.vocab_size.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # nanoGPT's CPU recipe for Tiny Shakespeare (its README: "I only have a macbook").
     "baby-shakespeare": {
-        "model": {"n_layers": 4, "n_heads": 4, "d_model": 128, "context_length": 64, "dropout": 0.0},
+        "model": {"n_layers": 4, "n_heads": 4, "d_model": 128, "context_length": 64, "dropout": 0.0, **_NANOGPT},
         "train": {"max_steps": 2000, "batch_size": 12, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 100},
     },
     # nanoGPT's config/train_shakespeare_char.py shape.
     "shakespeare-small": {
-        "model": {"n_layers": 6, "n_heads": 6, "d_model": 384, "context_length": 256, "dropout": 0.2},
+        "model": {"n_layers": 6, "n_heads": 6, "d_model": 384, "context_length": 256, "dropout": 0.2, **_NANOGPT},
         "train": {"max_steps": 5000, "batch_size": 12, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 100},
     },
     # Tiny Shakespeare at the byte level to nanoGPT's 2000-step validation loss (1.886) in a fraction of

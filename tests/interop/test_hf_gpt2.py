@@ -59,6 +59,22 @@ def test_our_book_shaped_model_exports_to_transformers(tmp_path):
             assert (ours(idx) - hf_logits(hf, idx)).abs().max() < 1e-4
 
 
+def test_nanogpt_shaped_model_without_biases_and_exact_gelu_exports_to_transformers(tmp_path):
+    torch.manual_seed(0)
+    ours = GPT(GPTConfig.preset("tiny", bias=False, gelu="exact", tie_embeddings=True)).eval()
+    assert not any(name.endswith(("bias", "shift")) for name, _ in ours.named_parameters())
+    path = save_hf_gpt2(ours, tmp_path / "hf")
+    assert json.loads((path / "config.json").read_text())["activation_function"] == "gelu"
+    hf = transformers.GPT2LMHeadModel.from_pretrained(path).eval()
+    back = load_hf_gpt2(path)
+    assert back.config.gelu == "exact"
+    idx = torch.randint(0, 512, (3, 40))
+    with torch.no_grad():
+        expected = ours(idx)
+        assert (hf_logits(hf, idx) - expected).abs().max() < 1e-4
+        assert (back(idx) - expected).abs().max() < 1e-4
+
+
 def test_only_gpt2_shaped_models_export(tmp_path):
     with pytest.raises(ScratchLLMError, match="pos_encoding='learned'"):
         save_hf_gpt2(GPT(GPTConfig.preset("tiny", pos_encoding="rope")), tmp_path / "x")

@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import scratchllm.model.attention as attention_module
 from scratchllm.model.attention import MultiHeadAttention, MultiHeadAttentionWrapper, masked_softmax_attention
 from scratchllm.model.config import GPTConfig
 
@@ -34,6 +35,25 @@ def test_module_paths_agree_in_outputs_and_gradients(qkv_bias):
     torch.testing.assert_close(results[0][0], results[1][0])
     for a, b in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_cpu_bf16_autocast_runs_the_written_out_formula_with_the_same_result(monkeypatch):
+    torch.manual_seed(0)
+    att = MultiHeadAttention(GPTConfig.preset("tiny"))
+    x = torch.randn(2, 9, 64)
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return masked_softmax_attention(*args, **kwargs)
+
+    monkeypatch.setattr(attention_module, "masked_softmax_attention", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = att(x)
+    assert calls and y.dtype == torch.bfloat16
+    fp32 = att(x)
+    assert len(calls) == 1  # outside autocast: the fused kernel
+    torch.testing.assert_close(y.float(), fp32, atol=3e-2, rtol=3e-2)
 
 
 def test_book_wrapper_of_single_heads_computes_the_same_function():

@@ -45,11 +45,31 @@ def test_rmsnorm_equals_torch(explicit):
 
 
 @pytest.mark.parametrize("explicit", [True, False])
-def test_gelu_equals_torch_tanh_gelu(explicit):
-    gelu = GELU()
+def test_layernorm_without_shift_equals_torch_without_bias(explicit):
+    torch.manual_seed(0)
+    ours = LayerNorm(16, bias=False)
+    ours.explicit = explicit
+    ref = torch.nn.LayerNorm(16, bias=False)
+    with torch.no_grad():
+        ours.scale.normal_()
+        ref.weight.copy_(ours.scale)
+    x = torch.randn(3, 5, 16) * 4 + 2
+    assert ours.shift is None and [n for n, _ in ours.named_parameters()] == ["scale"]
+    torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+@pytest.mark.parametrize("form, torch_name", [("tanh", "tanh"), ("exact", "none")])
+def test_gelu_equals_torch_gelu(explicit, form, torch_name):
+    gelu = GELU(form)
     gelu.explicit = explicit
     x = torch.linspace(-8, 8, 1001)
-    torch.testing.assert_close(gelu(x), torch.nn.GELU(approximate="tanh")(x), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(gelu(x), torch.nn.GELU(approximate=torch_name)(x), atol=1e-6, rtol=1e-5)
+
+
+def test_the_two_gelu_forms_differ_by_less_than_1e_3():
+    x = torch.linspace(-8, 8, 10001)
+    assert 1e-5 < (GELU("tanh")(x) - GELU("exact")(x)).abs().max() < 1e-3
 
 
 def test_swiglu_feedforward_is_silu_gate_times_up():
