@@ -125,8 +125,9 @@ def run_demo(
     config = demo_config(settings, data, max_steps=CALIBRATION_STEPS)
     train(config, out, progress=False)
     step_seconds = measured_step_seconds(out)
-    max_steps = plan_steps(step_seconds, started + minutes * 60 - time.perf_counter(), config, len(data.val))
-    config = demo_config(settings, data, max_steps=max_steps)
+    max_steps, max_seconds = plan_steps(step_seconds, started + minutes * 60 - time.perf_counter(), config,
+                                        len(data.val))
+    config = demo_config(settings, data, max_steps=max_steps, max_seconds=max_seconds)
     say(f"      {_num_params(config.model):,} parameters, batch {config.train.batch_size} x "
         f"{config.model.context_length} tokens, {_precision(out)}: {step_seconds * 1000:.0f} ms/step "
         f"-> {max_steps:,} steps fit in {minutes:g} min")
@@ -164,8 +165,9 @@ def run_demo(
     return demo
 
 
-def demo_config(settings: dict[str, Any], data: Any, max_steps: int) -> Any:
-    """The run config of a recipe on prepared ``data``, for ``max_steps`` optimizer updates.
+def demo_config(settings: dict[str, Any], data: Any, max_steps: int, max_seconds: float = 0.0) -> Any:
+    """The run config of a recipe on prepared ``data``, for ``max_steps`` optimizer updates
+    (stopping earlier if they take more than ``max_seconds``).
 
     Only ``max_steps`` and the evaluation interval depend on the budget: the warmup is fixed, so
     the calibration steps (all inside the warmup) have the learning rates of the full run.
@@ -174,7 +176,8 @@ def demo_config(settings: dict[str, Any], data: Any, max_steps: int) -> Any:
     from scratchllm.train.config import DataConfig, RunConfig, TrainConfig
 
     model_cfg = GPTConfig(**{**settings["model"], "vocab_size": data.vocab_size})
-    train_cfg = TrainConfig(**settings["train"], max_steps=max_steps, precision="auto", keep_last=1,
+    train_cfg = TrainConfig(**settings["train"], max_steps=max_steps, max_seconds=max_seconds, precision="auto",
+                            keep_last=1,
                             eval_interval=0 if max_steps <= CALIBRATION_STEPS else max(1, max_steps // N_EVALS),
                             eval_batches=EVAL_BATCHES)
     return RunConfig(model=model_cfg, train=train_cfg, data=DataConfig(str(Path(data.path).resolve())))
@@ -190,14 +193,23 @@ def measured_step_seconds(run_dir: Path) -> float:
     return per_step[len(per_step) // 2]
 
 
-def plan_steps(step_seconds: float, seconds_left: float, config: Any, val_tokens: int) -> int:
+def plan_steps(step_seconds: float, seconds_left: float, config: Any, val_tokens: int) -> tuple[int, float]:
     """How many optimizer updates fit in ``seconds_left``, after the evaluations during training,
-    the final held-out pass (forward passes cost about a third of a training step) and the end."""
+    the final held-out pass (forward passes cost about a third of a training step) and the end;
+    and the training seconds the steps after the calibration may take (``train.max_seconds``: a
+    guard that ends the run on time even if its steps turn out more than ``STEP_MARGIN`` slower).
+
+    >>> from types import SimpleNamespace
+    >>> tiny = demo_config(RECIPES["tiny"], SimpleNamespace(vocab_size=300, path="."), max_steps=20)
+    >>> steps, seconds = plan_steps(0.1, 600.0, tiny, val_tokens=10_000)
+    >>> steps, round(seconds, 1)
+    (5123, 586.9)
+    """
     batch_tokens = config.train.batch_size * config.model.context_length
     forward_batches = N_EVALS * EVAL_BATCHES + min(val_tokens, FINAL_EVAL_TOKENS) / batch_tokens + 1
     step_seconds *= STEP_MARGIN
-    reserve = END_SECONDS + forward_batches * step_seconds / 3
-    return max(CALIBRATION_STEPS, CALIBRATION_STEPS + int((seconds_left - reserve) / step_seconds))
+    budget = seconds_left - END_SECONDS - forward_batches * step_seconds / 3
+    return max(CALIBRATION_STEPS, CALIBRATION_STEPS + int(budget / step_seconds)), max(budget, step_seconds)
 
 
 def _num_params(model_config: Any) -> int:

@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE", help="a TOML run config ([model], [train], [data] tables)")
     p.add_argument("--data", metavar="DATA_DIR", help="prepared data folder (scratchllm prepare --out)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder: config.toml, metrics.jsonl, checkpoints/, loss.png")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint "
+                   "(--set may change train.max_steps, train.max_seconds and the evaluation/checkpoint settings)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. train.lr=3e-4 or model.n_layers=6 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or evaluation lines")
@@ -31,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from scratchllm.data.shards import open_prepared
-    from scratchllm.train.config import RunConfig, explicit_settings, load_run_config, resume_conflicts
+    from scratchllm.train.config import RunConfig, explicit_settings, load_run_config, resume_config
     from scratchllm.train.loop import CONFIG_FILE, train
 
     if args.resume:
@@ -40,13 +41,10 @@ def run(args: argparse.Namespace) -> int:
             raise ScratchLLMError("give either --resume RUN_DIR or --out RUN_DIR, not two different folders")
         if not (run_dir / CONFIG_FILE).is_file():
             raise ScratchLLMError(f"{run_dir} is not a run folder (no {CONFIG_FILE}); start a run with --out")
-        config = RunConfig.load(run_dir / CONFIG_FILE)
-        conflicts = resume_conflicts(config, explicit_settings(args.preset, args.config, args.overrides))
-        if conflicts:
-            raise ScratchLLMError(f"cannot resume {run_dir} with different settings: {'; '.join(conflicts)}. "
-                                  "Resume without them, or start a new run with --out")
+        given = explicit_settings(args.preset, args.config, args.overrides)
         if args.data:
-            config.data.dir = args.data
+            given["data"]["dir"] = args.data
+        config = resume_config(RunConfig.load(run_dir / CONFIG_FILE), given, run_dir)
     else:
         if not args.out:
             raise ScratchLLMError("give --out RUN_DIR for a new run (or --resume RUN_DIR to continue one)")

@@ -2,7 +2,7 @@
 
 >>> from scratchllm.train import load_run_config, train                       # doctest: +SKIP
 >>> config = load_run_config("baby-shakespeare", overrides=["train.max_steps=100", "data.dir=data/tiny"])
->>> train(config, "runs/baby")
+>>> train(config, "runs/baby")                                                # doctest: +SKIP
 """
 
 from scratchllm.train.config import PRESETS, RunConfig, TrainConfig, load_run_config

@@ -39,6 +39,7 @@ class TrainConfig:
     """Everything about the optimisation, evaluation and bookkeeping of one run."""
 
     max_steps: int = 2000  # optimizer updates
+    max_seconds: float = 0.0  # also stop after this much training time (0 = no limit); the schedule plans max_steps
     batch_size: int = 12  # sequences per micro-batch, per process
     grad_accum_steps: int = 1  # micro-batches per optimizer update
     lr: float = 1e-3  # peak learning rate, reached after warmup
@@ -73,8 +74,8 @@ class TrainConfig:
             raise ScratchLLMError(f"train.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if not (0 < self.lr and 0 <= self.min_lr <= self.lr):
             raise ScratchLLMError(f"need 0 < train.lr and 0 <= train.min_lr <= train.lr, got {self.lr}, {self.min_lr}")
-        if self.warmup_steps < 0 or self.eval_interval < 0 or self.checkpoint_interval < 0:
-            raise ScratchLLMError("train.warmup_steps, eval_interval and checkpoint_interval must be >= 0")
+        if min(self.warmup_steps, self.eval_interval, self.checkpoint_interval, self.max_seconds) < 0:
+            raise ScratchLLMError("train.warmup_steps, eval_interval, checkpoint_interval and max_seconds must be >= 0")
 
     @property
     def save_every(self) -> int:
@@ -205,13 +206,21 @@ def explicit_settings(
     return merged
 
 
-def resume_conflicts(saved: RunConfig, given: dict[str, dict[str, Any]]) -> list[str]:
-    """``key (saved X, given Y)`` for each explicitly given setting that differs from the saved run.
+# What a resumed run may change: where the data lives, how long it runs, and its bookkeeping; never what
+# one step computes. A longer max_steps stretches the cosine from the resumed step on.
+CHANGEABLE_ON_RESUME = frozenset({
+    "data.dir", "train.max_steps", "train.max_seconds", "train.eval_interval", "train.eval_batches",
+    "train.checkpoint_interval", "train.keep_last", "train.log_interval", "train.sample_tokens", "train.plot",
+    "train.peak_flops",
+})
 
-    The data directory may move between runs, so ``data.dir`` never conflicts.
+
+def resume_conflicts(saved: RunConfig, given: dict[str, dict[str, Any]]) -> list[str]:
+    """``key (saved X, given Y)`` for each explicitly given setting that differs from the saved run
+    and is not in ``CHANGEABLE_ON_RESUME``.
 
     >>> saved = load_run_config("baby-shakespeare")
-    >>> resume_conflicts(saved, {"model": {"d_model": 128}, "train": {"lr": 0.01}})
+    >>> resume_conflicts(saved, {"model": {"d_model": 128}, "train": {"lr": 0.01, "max_steps": 5000}})
     ['train.lr (saved 0.001, given 0.01)']
     """
     stored = saved.to_dict()
@@ -219,8 +228,20 @@ def resume_conflicts(saved: RunConfig, given: dict[str, dict[str, Any]]) -> list
         f"{section}.{key} (saved {stored[section].get(key)!r}, given {value!r})"
         for section, values in given.items()
         for key, value in values.items()
-        if stored[section].get(key) != value and f"{section}.{key}" != "data.dir"
+        if stored[section].get(key) != value and f"{section}.{key}" not in CHANGEABLE_ON_RESUME
     ]
+
+
+def resume_config(saved: RunConfig, given: dict[str, dict[str, Any]], run_dir: str | Path) -> RunConfig:
+    """The saved config with the given changes a resume allows; any other difference is an error naming the keys."""
+    conflicts = resume_conflicts(saved, given)
+    if conflicts:
+        raise ScratchLLMError(f"cannot resume {run_dir} with different settings: {'; '.join(conflicts)}. "
+                              "Resume without them, or start a new run with --out")
+    merged = saved.to_dict()
+    for section, values in given.items():
+        merged[section].update(values)
+    return RunConfig.from_dict(merged, source=f"{run_dir} resumed")
 
 
 def parse_override(item: str) -> tuple[str, str, Any]:

@@ -35,6 +35,7 @@ from scratchllm.train.distributed import (
     DistributedContext,
     all_reduce_sum,
     barrier,
+    broadcast_flag,
     setup_distributed,
     teardown_distributed,
 )
@@ -224,15 +225,23 @@ class _Run:
         bar = tqdm(total=tc.max_steps, initial=self.step, disable=not (self.progress and self.ctx.is_main),
                    desc="train", unit="step", dynamic_ncols=True)
         window_start, window_tokens = time.perf_counter(), 0
-        while self.step < tc.max_steps:
+        training_seconds, last = 0.0, self.step >= tc.max_steps
+        while not last:
             lr = lr_at(self.step, max_lr=tc.lr, min_lr=tc.min_lr, warmup_steps=tc.warmup_steps,
                        max_steps=tc.max_steps)
+            step_start = time.perf_counter()
             loss, step_tokens = self._train_step(lr)
+            training_seconds += time.perf_counter() - step_start
             self.step += 1
             self.tokens += step_tokens
             window_tokens += step_tokens
             bar.update(1)
-            if self.step % tc.log_interval == 0 or self.step == tc.max_steps:
+            # Every rank must agree to stop, so rank 0's clock decides.
+            out_of_time = tc.max_seconds > 0 and broadcast_flag(self.ctx, training_seconds >= tc.max_seconds)
+            last = self.step >= tc.max_steps or out_of_time
+            if out_of_time and self.step < tc.max_steps and self.ctx.is_main:
+                tqdm.write(f"train.max_seconds={tc.max_seconds:g} reached at step {self.step} of {tc.max_steps}")
+            if self.step % tc.log_interval == 0 or last:
                 elapsed = time.perf_counter() - window_start
                 tok_s = window_tokens / elapsed if elapsed > 0 else 0.0
                 mfu = tok_s * self.flops_per_token / self.peak_flops
@@ -242,10 +251,10 @@ class _Run:
                                 refresh=False)
                 window_start, window_tokens = time.perf_counter(), 0
             evaluated = False
-            if (tc.eval_interval and self.step % tc.eval_interval == 0) or self.step == tc.max_steps:
+            if (tc.eval_interval and self.step % tc.eval_interval == 0) or last:
                 self._evaluate()
                 evaluated = True
-            if (tc.save_every and self.step % tc.save_every == 0) or self.step == tc.max_steps:
+            if (tc.save_every and self.step % tc.save_every == 0) or last:
                 self._save(with_val=evaluated)
             if evaluated:  # evaluation and saving are not training time
                 window_start, window_tokens = time.perf_counter(), 0

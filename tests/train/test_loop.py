@@ -127,6 +127,31 @@ def test_user_mistakes_are_one_line_errors(tiny_data, tmp_path):
     assert typo.returncode == 2 and "did you mean 'train.max_steps'" in typo.stderr
 
 
+def test_max_seconds_stops_early_with_a_final_evaluation_and_checkpoint(tiny_data, tmp_path):
+    result = run_cli(*_train_args(tiny_data, tmp_path / "run", "train.max_steps=100000", "train.max_seconds=0.5",
+                                  "train.eval_interval=0"))
+    assert result.returncode == 0, result.stderr
+    steps, vals = _losses(tmp_path / "run")
+    last = steps[-1][0]
+    assert 10 < last < 100000 and vals[-1][0] == last  # stopped on time, evaluated there
+    load_checkpoint(tmp_path / "run")
+    assert list_checkpoints(tmp_path / "run")[-1].name == f"step-{last:08d}"
+
+
+def test_resume_may_extend_max_steps_but_not_change_the_model(tiny_data, tmp_path):
+    first = run_cli(*_train_args(tiny_data, tmp_path / "run", "train.max_steps=10"))
+    assert first.returncode == 0, first.stderr
+    longer = run_cli("train", "--resume", str(tmp_path / "run"), "--quiet", "--set", "train.max_steps=25")
+    assert longer.returncode == 0, longer.stderr
+    steps, _ = _losses(tmp_path / "run")
+    assert [s for s, _ in steps] == list(range(1, 26))
+    assert "max_steps = 25" in (tmp_path / "run" / "config.toml").read_text()
+    changed = run_cli("train", "--resume", str(tmp_path / "run"), "--set", "train.max_steps=30",
+                      "--set", "model.d_model=64")
+    assert changed.returncode == 2 and "model.d_model (saved 32, given 64)" in changed.stderr
+    assert "train.max_steps" not in changed.stderr
+
+
 def test_a_batch_too_big_for_memory_suggests_accumulation(tiny_data, tmp_path, monkeypatch):
     from train_helpers import TINY
 

@@ -87,7 +87,8 @@ def test_invalid_combinations_fail_with_the_source():
 
 def test_resume_conflicts_name_the_keys():
     saved = load_run_config("baby-shakespeare", overrides=["data.dir=/a"])
-    given = explicit_settings("baby-shakespeare", overrides=["train.lr=0.01", "model.n_layers=4", "data.dir=/b"])
+    given = explicit_settings("baby-shakespeare", overrides=["train.lr=0.01", "model.n_layers=4", "data.dir=/b",
+                                                             "train.max_steps=9000", "train.eval_interval=7"])
     assert resume_conflicts(saved, given) == ["train.lr (saved 0.001, given 0.01)"]
 
 
