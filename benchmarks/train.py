@@ -2,7 +2,9 @@
 
 For each shape (baby-shakespeare: 4x128, context 64; shakespeare-small: 6x384, context 256; batch 12)
 and precision (fp32, bf16 autocast, and scratchllm's ``auto``), it prints ms/step, tokens/s and MFU
-against the fp32 and bf16 matrix-product peaks measured at the start of the run.
+against the matrix-product peak of that precision, measured at the start of the run. Every row runs
+``--rounds`` times, interleaved with the others, and reports the median step over all its rounds:
+on a shared 2-core machine single steps vary by +-30%, and slow spells then hit every row alike.
 
 - reference: nanoGPT's model and step as its ``train.py`` runs them on a CPU (tied embeddings, no
   biases, exact GELU, ``scaled_dot_product_attention``, AdamW without the fused kernel, gradient
@@ -23,6 +25,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -80,8 +83,8 @@ class NanoGPT(nn.Module):
         return self.lm_head(self.ln_f(x))
 
 
-def reference_ms_per_step(shape: str, precision: str, steps: int, tokens: torch.Tensor) -> float:
-    """Median ms per step of nanoGPT's loop: random windows, forward, backward, clip, AdamW."""
+def reference_step_ms(shape: str, precision: str, steps: int, tokens: torch.Tensor) -> list[float]:
+    """Milliseconds of each step of nanoGPT's loop: random windows, forward, backward, clip, AdamW."""
     layers, heads, d, context = SHAPES[shape]
     torch.manual_seed(0)
     model = NanoGPT(layers, heads, d, context)
@@ -103,24 +106,23 @@ def reference_ms_per_step(shape: str, precision: str, steps: int, tokens: torch.
         opt.step()
         opt.zero_grad(set_to_none=True)
         if i >= 3:
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+            times.append(1000 * (time.perf_counter() - start))
+    return times
 
 
-def scratchllm_run(shape: str, precision: str, steps: int, data_dir: Path, runs: Path) -> tuple[float, str]:
-    """Median ms per step of ``scratchllm.train`` and the precision it ran in."""
+def scratchllm_step_ms(shape: str, precision: str, steps: int, data_dir: Path,
+                       run_dir: Path) -> tuple[list[float], str]:
+    """Milliseconds of each step of ``scratchllm.train`` and the precision it ran in."""
     config = load_run_config(shape, overrides=[
         f"train.max_steps={steps + 3}", f"train.precision={precision}", "train.eval_interval=0",
         "train.eval_batches=1", "train.plot=false", "train.peak_flops=1", "model.dropout=0.0",
         f"data.dir={data_dir}", f"train.batch_size={BATCH}",
     ], base={"model": {"vocab_size": VOCAB}})
-    run_dir = runs / f"{shape}-{precision}"
     train(config, run_dir, progress=False)
     records = [r for r in read_metrics(run_dir) if "tokens_per_s" in r][3:]
     tokens_per_step = BATCH * config.model.context_length
-    ms = 1000 * statistics.median(tokens_per_step / r["tokens_per_s"] for r in records)
     used = read_json(list_checkpoints(run_dir)[-1] / "train_state.json")["precision"]
-    return ms, used
+    return [1000 * tokens_per_step / r["tokens_per_s"] for r in records], used
 
 
 def flops_per_token(shape: str) -> int:
@@ -140,7 +142,9 @@ def main() -> None:
     default_text = Path(os.environ.get("SCRATCHLLM_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data"))
     parser.add_argument("--text", type=Path, default=default_text / "tinyshakespeare.txt")
     parser.add_argument("--shapes", default=",".join(SHAPES))
-    parser.add_argument("--steps", type=int, default=0, help="timed steps per row (default 40 baby, 8 small)")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps per row and round (default 40 baby, 6 small)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of every row, interleaved, so that a slow spell of a shared machine hits all rows")
     args = parser.parse_args()
 
     cpu = torch.device("cpu")
@@ -155,22 +159,30 @@ def main() -> None:
         print(header)
         print("-" * len(header))
         for shape in args.shapes.split(","):
-            steps = args.steps or (40 if shape == "baby-shakespeare" else 8)
+            steps = args.steps or (40 if shape == "baby-shakespeare" else 6)
             fpt = flops_per_token(shape)
-            reference = {}
+            times: dict[tuple[str, str], list[float]] = defaultdict(list)  # (who, precision) -> step ms
+            used: dict[str, str] = {}
+            for round_ in range(args.rounds):
+                for precision in ("fp32", "bf16"):
+                    times["nanoGPT", precision] += reference_step_ms(shape, precision, steps, tokens)
+                for precision in ("fp32", "bf16", "auto"):
+                    run_dir = Path(tmp) / "runs" / f"{shape}-{precision}-{round_}"
+                    step_ms, used[precision] = scratchllm_step_ms(shape, precision, steps, data_dir, run_dir)
+                    times["scratchllm", precision] += step_ms
+            ms = {key: statistics.median(values) for key, values in times.items()}
+            base = ms["nanoGPT", "fp32"]
             for precision in ("fp32", "bf16"):
-                reference[precision] = reference_ms_per_step(shape, precision, steps, tokens)
-                _row(shape, precision, "nanoGPT step (here)", reference[precision], reference["fp32"], fpt,
-                     peaks[precision])
+                _row(shape, precision, "nanoGPT step (here)", ms["nanoGPT", precision], base, fpt, peaks[precision])
             for precision in ("fp32", "bf16", "auto"):
-                ms, used = scratchllm_run(shape, precision, steps, data_dir, Path(tmp) / "runs")
-                _row(shape, precision, f"scratchllm ({used})", ms, reference["fp32"], fpt, peaks[used])
+                _row(shape, precision, f"scratchllm ({used[precision]})", ms["scratchllm", precision], base, fpt,
+                     peaks[used[precision]])
             for precision in ("fp32", "bf16"):
                 published = PUBLISHED[(shape, precision)]
                 print(f"{shape:18} {precision:9} {'nanoGPT (published)':22} {published:8.1f} "
                       f"{BATCH * SHAPES[shape][3] / published * 1000:9,.0f}   (reference machine, AMX)")
-    print("MFU = tokens/s x (6N + 12 L d T) FLOPs per token / measured matmul peak of the row's precision; "
-          "'vs nanoGPT here' = nanoGPT fp32 ms/step measured above / this row's ms/step")
+    print(f"ms/step = median over {args.rounds} interleaved rounds; MFU = tokens/s x (6N + 12 L d T) FLOPs per "
+          "token / measured matmul peak of the row's precision; 'vs nanoGPT here' = nanoGPT fp32 ms/step / this row's")
 
 
 if __name__ == "__main__":
