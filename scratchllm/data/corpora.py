@@ -431,12 +431,14 @@ def _parquet_records(path: Path) -> Iterator[str]:
         yield from (t for t in batch.column(0).to_pylist() if t is not None)
 
 
-def _record_count(path: Path) -> int:
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+def _records(path: Path) -> Iterator[str]:
+    """The documents of a .jsonl or .parquet file, in order."""
+    return _parquet_records(path) if path.suffix == ".parquet" else _jsonl_records(path)
 
-        return pq.ParquetFile(path).metadata.num_rows
-    return sum(1 for _ in _jsonl_records(path))
+
+def _record_count(path: Path) -> int:
+    """Documents in a .jsonl or .parquet file, counted as ``iter_pieces`` meets them (null rows skipped)."""
+    return sum(1 for _ in _records(path))
 
 
 def iter_pieces(source: Source, chunk_chars: int = 1 << 20) -> Iterator[tuple[str, bool]]:
@@ -452,7 +454,7 @@ def iter_pieces(source: Source, chunk_chars: int = 1 << 20) -> Iterator[tuple[st
         if source.path.suffix == ".txt":
             yield from _txt_pieces(source, chunk_chars)
             return
-        records: Iterator[str] = (_parquet_records if source.path.suffix == ".parquet" else _jsonl_records)(source.path)
+        records = _records(source.path)
         if source.start > 0.0 or source.stop < 1.0:
             n = _record_count(source.path)
             start, stop = _cut(n, source.start), _cut(n, source.stop)

@@ -10,10 +10,13 @@ import io
 import json
 import shutil
 import socket
+import sys
 import tarfile
 import threading
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -259,16 +262,20 @@ def test_bad_user_paths(tmp_path):
         split_corpus(tmp_path / "latin1.txt", 1.0)
 
 
-def test_parquet_without_pyarrow_says_to_install_it(tmp_path):
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        (tmp_path / "t.parquet").write_bytes(b"PAR1")
-        with pytest.raises(ScratchLLMError, match="pip install pyarrow"):
-            list(iter_pieces(Source(tmp_path / "t.parquet")))
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+def test_parquet_rows_are_documents_split_by_record(tmp_path):
+    rows = ["first row", None, "second row \u00e9", "third row"]  # a null text is skipped
+    pq.write_table(pa.table({"text": rows, "n": [1, 2, 3, 4]}), tmp_path / "t.parquet")
+    assert list(iter_pieces(Source(tmp_path / "t.parquet"))) == [(r, True) for r in rows if r is not None]
+    split = split_corpus(tmp_path / "t.parquet", 0.5)
+    assert [t for s in split.train for t, _ in iter_pieces(s)] == ["first row"]  # int(3 * 0.5) of 3 documents
+    assert [t for s in split.val for t, _ in iter_pieces(s)] == ["second row \u00e9", "third row"]
+    pq.write_table(pa.table({"content": ["x"]}), tmp_path / "no_text.parquet")
+    with pytest.raises(ScratchLLMError, match="has no 'text' column \\(columns: content\\)"):
+        list(iter_pieces(Source(tmp_path / "no_text.parquet")))
 
-        pq.write_table(pa.table({"text": ["x", "y"]}), tmp_path / "t.parquet")
-        assert list(iter_pieces(Source(tmp_path / "t.parquet"))) == [("x", True), ("y", True)]
+
+def test_parquet_without_pyarrow_says_to_install_it(tmp_path, monkeypatch):
+    pq.write_table(pa.table({"text": ["x"]}), tmp_path / "t.parquet")
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # import fails as if not installed
+    with pytest.raises(ScratchLLMError, match="pip install pyarrow"):
+        list(iter_pieces(Source(tmp_path / "t.parquet")))

@@ -7,6 +7,8 @@ import json
 import shutil
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from scratchllm.cli import main
@@ -72,16 +74,22 @@ def test_documents_are_separated_by_endoftext(tmp_path):
         "b.txt": "Second file, no separator.\n",
         "c.jsonl": "\n".join(json.dumps({"text": t}) for t in ["json doc one", "json doc \u00e9\u00e8 two"]),
         "d.txt": "Fourth.",
+        "e.parquet": ["parquet row one", "parquet \u00fc row two"],
     }
     for name, text in texts.items():
-        (corpus / name).write_text(text)
+        if name.endswith(".parquet"):
+            pq.write_table(pa.table({"id": list(range(len(text))), "text": text}), corpus / name)
+        else:
+            (corpus / name).write_text(text)
     tok = BPETokenizer.train("Story file json doc " * 20, vocab_size=270, progress=False)
     out = prepare(corpus, tmp_path / "data", tokenizer=tok, val_fraction=0.25, workers=1)
     data = open_prepared(out)
     val_files = {s["path"].split("/")[-1] for s in data.manifest["sources"] if s["splits"] == ["val"]}
-    assert len(val_files) == 1  # round(4 * 0.25) whole files
+    assert len(val_files) == 1  # round(5 * 0.25) whole files
 
     def docs(name):
+        if name.endswith(".parquet"):
+            return texts[name]
         if name.endswith(".jsonl"):
             return [json.loads(line)["text"] for line in texts[name].splitlines()]
         return texts[name].split(EOT)
