@@ -23,13 +23,15 @@ from __future__ import annotations
 import numpy as np
 
 KEY_BASE = 1 << 21  # > any token id (ids are < 0x110000)
+NO_MERGE = KEY_BASE  # sorts after every token
 
 
 class PairTable:
     """A hash table in numpy arrays: pair key ``u * KEY_BASE + v`` -> the token they merge into.
 
-    Open addressing with linear probing, at most half full; a lookup of a whole array costs a
-    few vectorized passes (about 10x faster than ``np.searchsorted`` on a sorted key array).
+    Open addressing with linear probing, at most a quarter full so that probe runs stay short; a
+    lookup of a whole array costs a few vectorized passes (about 10x faster than
+    ``np.searchsorted`` on a sorted key array).
 
     >>> PairTable({chr(1) + chr(2): chr(300)}).lookup(np.array([1 * KEY_BASE + 2, 5]))
     array([300,  -1])
@@ -38,7 +40,7 @@ class PairTable:
     def __init__(self, pair_to_token: dict[str, str]) -> None:
         keys = np.array([ord(p[0]) * KEY_BASE + ord(p[1]) for p in pair_to_token], dtype=np.int64)
         values = np.array([ord(t) for t in pair_to_token.values()], dtype=np.int64)
-        self.bits = max(4, int(len(keys)).bit_length() + 1)
+        self.bits = max(4, int(len(keys)).bit_length() + 2)
         self.mask = (1 << self.bits) - 1
         self.keys = np.full(1 << self.bits, -1, dtype=np.int64)  # -1 marks an empty slot
         self.values = np.full(1 << self.bits, -1, dtype=np.int64)
@@ -75,42 +77,48 @@ class PairTable:
         return result
 
 
-def encode_chunks(data: list[bytes], byte_ids: np.ndarray, table: PairTable) -> list[list[int]]:
-    """BPE-encode each byte string in ``data``; returns one id list per input.
+def encode_chunks(data: list[bytes], byte_ids: np.ndarray, table: PairTable) -> list[str]:
+    """BPE-encode each byte string in ``data``; returns each one's ids as a string of ``chr(id)``.
 
     >>> table = PairTable({chr(104) + chr(105): chr(256)})
-    >>> encode_chunks([b"hi", b"hih"], np.arange(256), table)
+    >>> [list(map(ord, ids)) for ids in encode_chunks([b"hi", b"hih"], np.arange(256), table)]
     [[256], [256, 104]]
     """
     lengths = np.fromiter(map(len, data), dtype=np.int64, count=len(data))
     ids = byte_ids[np.frombuffer(b"".join(data), dtype=np.uint8)].astype(np.int64)
     chunk = np.repeat(np.arange(len(data), dtype=np.int64), lengths)
+    # merged[i]: the token pair (i, i + 1) merges into, NO_MERGE if none or i ends its chunk.
+    merged = np.full(len(ids), NO_MERGE, dtype=np.int64)
+    merged[:-1] = _merged_or_none(table, ids[:-1], ids[1:], chunk[:-1] == chunk[1:])
     done_ids, done_chunks = [], []  # chunks that cannot merge any more, set aside
     while len(ids):
-        merged = table.lookup(ids[:-1] * KEY_BASE + ids[1:])
-        positions = np.flatnonzero((merged >= 0) & (chunk[:-1] == chunk[1:]))
-        if len(positions) == 0:
-            done_ids.append(ids)
-            done_chunks.append(chunk)
-            break
-        owner = chunk[positions]
-        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-        position_base = len(ids)
-        best = np.minimum.reduceat(merged[positions] * position_base + positions, starts)
-        at = best % position_base
-        ids[at] = best // position_base
-        keep = np.ones(len(ids), dtype=bool)
-        keep[at + 1] = False
-        active = np.zeros(len(data), dtype=bool)
-        active[owner] = True
-        finished = ~active[chunk] & keep
+        starts = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1]])
+        n = len(ids)
+        best = np.minimum.reduceat(merged * n + np.arange(n), starts)  # lowest token, then leftmost
+        token, at = np.divmod(best, n)
+        stuck = token == NO_MERGE
+        finished = np.repeat(stuck, np.diff(np.r_[starts, n]))
         done_ids.append(ids[finished])
         done_chunks.append(chunk[finished])
-        keep &= ~finished
-        ids, chunk = ids[keep], chunk[keep]
+        at, token = at[~stuck], token[~stuck]
+        ids[at] = token
+        keep = ~finished
+        keep[at + 1] = False
+        at -= np.cumsum(~keep)[at]  # where the merged tokens sit once the dropped ones are gone
+        ids, chunk, merged = ids[keep], chunk[keep], merged[keep]
+        # Only the pairs on either side of a merged token change.
+        i = np.concatenate([at[at > 0] - 1, at[at < len(ids) - 1]])
+        merged[i] = _merged_or_none(table, ids[i], ids[i + 1], chunk[i] == chunk[i + 1])
+        merged[at[at == len(ids) - 1]] = NO_MERGE
     # Each chunk finished in one round, in order, so a stable sort by chunk restores the text.
     chunk = np.concatenate(done_chunks)
     order = np.argsort(chunk, kind="stable")
-    flat = np.concatenate(done_ids)[order].tolist()
+    flat = np.concatenate(done_ids)[order].astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
     ends = np.cumsum(np.bincount(chunk, minlength=len(data))).tolist()
     return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+
+
+def _merged_or_none(table: PairTable, left: np.ndarray, right: np.ndarray, same_chunk: np.ndarray) -> np.ndarray:
+    """The token each pair ``(left, right)`` merges into; ``NO_MERGE`` if none or across chunks."""
+    merged = table.lookup(left * KEY_BASE + right)
+    return np.where(same_chunk & (merged >= 0), merged, NO_MERGE)

@@ -22,7 +22,7 @@ import json
 import multiprocessing
 import os
 from collections.abc import Iterable, Sequence
-from itertools import chain, repeat
+from itertools import accumulate, repeat
 from operator import add
 from pathlib import Path
 
@@ -90,7 +90,7 @@ class BPETokenizer:
         self._id_bytes.update((i, s.encode("utf-8")) for s, i in self.special_tokens.items())
         # Any two tokens whose bytes join into a token merge into it (tiktoken's rule), keyed as
         # the 2-character string chr(u) + chr(v) -> chr(t).
-        by_bytes = self._bytes_to_id = {b: i for i, b in vocab.items()}
+        by_bytes = {b: i for i, b in vocab.items()}
         pair_to_token: dict[str, str] = {}
         for t, data in vocab.items():
             for cut in range(1, len(data)):
@@ -101,7 +101,15 @@ class BPETokenizer:
         identity = self.byte_ids == list(range(256))
         self._byte_table = None if identity else {b: i for b, i in enumerate(self.byte_ids)}
         self._split = Splitter(self.pattern)
-        self._cache: dict[str, list[int]] = {}  # chunk -> ids
+        # A chunk that is one token is that token (tiktoken's rule), so every cache starts with
+        # the tokens whose bytes are text. The cache maps chunk -> its ids as a string of chr(id).
+        self._token_chunks: dict[str, str] = {}
+        for t, data in vocab.items():
+            try:
+                self._token_chunks[data.decode("utf-8")] = chr(t)
+            except UnicodeDecodeError:
+                pass  # part of a multi-byte character: never a whole chunk
+        self._cache = dict(self._token_chunks)
         self._pair_table = PairTable(pair_to_token)
         self._byte_id_array = np.array(self.byte_ids, dtype=np.int64)
 
@@ -154,8 +162,8 @@ class BPETokenizer:
             ) from None
 
     # ----------------------------------------------------------------------------- encoding
-    def _encode_chunk(self, data: bytes) -> list[int]:
-        """BPE on the bytes of one pre-token chunk, on a string of characters chr(id)."""
+    def _encode_chunk(self, data: bytes) -> str:
+        """BPE on the bytes of one pre-token chunk; the ids as a string of characters chr(id)."""
         word = data.decode("latin-1")
         if self._byte_table is not None:
             word = word.translate(self._byte_table)
@@ -170,7 +178,7 @@ class BPETokenizer:
             # earlier tokens joined) a pair formed by this merge ranks after it, so this gives
             # the same result as tiktoken's one-at-a-time, in fewer passes over long chunks.
             word = word.replace(word[i : i + 2], best)
-        return list(map(ord, word))
+        return word
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode ``text`` as plain text: special-token strings are encoded like any other text.
@@ -180,33 +188,40 @@ class BPETokenizer:
         [104, 105, 33]
         """
         chunks = self._split(text)
-        try:  # the common case, every chunk seen before: a C-speed lookup per chunk
-            return list(chain.from_iterable(map(self._cache.__getitem__, chunks)))
+        try:  # the common case, every chunk seen before: a C-speed lookup and join per chunk
+            encoded = "".join(map(self._cache.__getitem__, chunks))
         except KeyError:
-            self._add_to_cache(set(chunks).difference(self._cache))
-            return list(chain.from_iterable(map(self._cache.__getitem__, chunks)))
+            self._add_to_cache(chunks)
+            encoded = "".join(map(self._cache.__getitem__, chunks))
+        return ids_of(encoded)
 
     def clear_cache(self) -> None:
         """Forget the ids of chunks seen so far (the next encode starts cold)."""
-        self._cache.clear()
+        self._cache = dict(self._token_chunks)
 
-    def _add_to_cache(self, new_chunks: set[str]) -> None:
-        """Encode chunks not in the cache: whole tokens directly, many short ones with numpy."""
+    def _add_to_cache(self, chunks: list[str]) -> None:
+        """BPE on the chunks not in the cache: many short ones with numpy, the rest one by one."""
+        new_chunks = list(set(chunks).difference(self._cache))
+        if len(self._cache) + len(new_chunks) > CACHE_LIMIT:
+            self.clear_cache()
+        # Fresh copies made one after another lie together in memory, unlike the text's chunks
+        # (spread over all of them): later lookups, which compare against the keys, run faster.
+        joined = "".join(new_chunks)
+        ends = list(accumulate(map(len, new_chunks)))
+        new_chunks = [joined[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
         cache = self._cache
-        if len(cache) + len(new_chunks) > CACHE_LIMIT:
-            cache.clear()
-        chunks = list(new_chunks)
-        datas = [chunk.encode("utf-8") for chunk in chunks]
-        # A chunk that is one token is that token (as in tiktoken).
-        whole = list(map(self._bytes_to_id.get, datas))
-        cache.update((c, [t]) for c, t in zip(chunks, whole, strict=True) if t is not None)
-        rest = [(c, d) for c, d, t in zip(chunks, datas, whole, strict=True) if t is None]
-        one_by_one = rest if len(rest) < BATCH_MIN else [(c, d) for c, d in rest if len(d) > BATCH_MAX_BYTES]
-        cache.update((c, self._encode_chunk(d)) for c, d in one_by_one)
-        batch = [(c, d) for c, d in rest if len(d) <= BATCH_MAX_BYTES] if len(rest) >= BATCH_MIN else []
-        if batch:
-            new_ids = encode_chunks([d for _, d in batch], self._byte_id_array, self._pair_table)
-            cache.update(zip((c for c, _ in batch), new_ids, strict=True))
+        if len(new_chunks) < BATCH_MIN:
+            cache.update((c, self._encode_chunk(c.encode("utf-8"))) for c in new_chunks)
+            return
+        batch, datas = [], []
+        for chunk in new_chunks:
+            data = chunk.encode("utf-8")
+            if len(data) > BATCH_MAX_BYTES:
+                cache[chunk] = self._encode_chunk(data)
+            else:
+                batch.append(chunk)
+                datas.append(data)
+        cache.update(zip(batch, encode_chunks(datas, self._byte_id_array, self._pair_table), strict=True))
 
     def encode(
         self,
@@ -381,6 +396,15 @@ class BPETokenizer:
     def __repr__(self) -> str:
         name = self.pattern_name or "custom"
         return f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, pattern={name!r})"
+
+
+def ids_of(encoded: str) -> list[int]:
+    """The ids held in a string of characters ``chr(id)`` (its UTF-32 code units are the ids).
+
+    >>> ids_of(chr(104) + chr(50256))
+    [104, 50256]
+    """
+    return np.frombuffer(encoded.encode("utf-32-le", "surrogatepass"), dtype="<u4").tolist()
 
 
 def check_special_strings(names: Sequence[str]) -> None:
