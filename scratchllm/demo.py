@@ -43,7 +43,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "default": {
         "vocab_size": 4096,
         "model": {"n_layers": 4, "n_heads": 4, "d_model": 256, "context_length": 128, "dropout": 0.0,
-                  "tie_embeddings": True},
+                  "tie_embeddings": True, "gelu": "exact"},
         "train": {"batch_size": 16, "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 100, "weight_decay": 0.1},
     },
     "tiny": {
@@ -312,6 +312,6 @@ def summary(demo: DemoResult) -> str:
         f"    scratchllm tour --checkpoint {out}                   # one sentence through every layer\n"
         f"    scratchllm attention --checkpoint {out} --text \"...\"   # attention maps per layer and head\n"
         f"    scratchllm train --resume {out}                      # continue if the run was interrupted\n"
-        f"    scratchllm train --config {out}/config.toml --out runs/longer --set train.max_steps=5000"
-        f"   # train longer"
+        f"    scratchllm train --config {out}/config.toml --out runs/longer --set train.max_steps=5000 "
+        f"--set train.max_seconds=0   # a longer run, without the demo's time limit"
     )

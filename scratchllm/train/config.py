@@ -207,7 +207,7 @@ def explicit_settings(
 
 
 # What a resumed run may change: where the data lives, how long it runs, and its bookkeeping; never what
-# one step computes. A longer max_steps stretches the cosine from the resumed step on.
+# one step computes. With a longer max_steps the learning rate follows the longer schedule from the resumed step.
 CHANGEABLE_ON_RESUME = frozenset({
     "data.dir", "train.max_steps", "train.max_seconds", "train.eval_interval", "train.eval_batches",
     "train.checkpoint_interval", "train.keep_last", "train.log_interval", "train.sample_tokens", "train.plot",
