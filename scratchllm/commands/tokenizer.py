@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     encode = group.add_parser("encode", help="print the token ids of a text")
     encode.add_argument("--tokenizer", required=True, type=Path, help="directory made by `tokenizer train`")
     _add_text_source(encode)
-    encode.add_argument("--allow-special", action="store_true", help="encode special-token strings as their ids")
+    special = encode.add_mutually_exclusive_group()
+    special.add_argument("--allow-special", action="store_true", help="encode special-token strings as their ids")
+    special.add_argument("--special-as-text", action="store_true", help="encode special-token strings as plain text")
     encode.set_defaults(func=_encode)
 
     decode = group.add_parser("decode", help="print the text of token ids")
@@ -68,7 +70,18 @@ def _train(args: argparse.Namespace) -> int:
 
 def _encode(args: argparse.Namespace) -> int:
     tok = BPETokenizer.load(args.tokenizer)
-    ids = tok.encode(_read_text(args), allowed_special="all" if args.allow_special else ())
+    text = _read_text(args)
+    if args.allow_special:
+        ids = tok.encode(text, allowed_special="all")
+    elif args.special_as_text:
+        ids = tok.encode_ordinary(text)
+    elif found := tok.find_special(text):
+        raise ScratchLLMError(
+            f"the text contains the special token {found!r}; pass --allow-special to encode it as its id, "
+            "or --special-as-text to encode it as plain text"
+        )
+    else:
+        ids = tok.encode_ordinary(text)
     print(" ".join(map(str, ids)))
     return 0
 

@@ -52,7 +52,7 @@ from scratchllm.data.corpora import (
 from scratchllm.errors import ScratchLLMError
 from scratchllm.fileio import atomic_path, atomic_write_json
 from scratchllm.tokenizer import DEFAULT_SPECIAL_TOKENS, BPETokenizer
-from scratchllm.tokenizer.train import _last_safe_cut
+from scratchllm.tokenizer.patterns import last_safe_cut as _last_safe_cut
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")

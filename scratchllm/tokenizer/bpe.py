@@ -101,15 +101,14 @@ class BPETokenizer:
         identity = self.byte_ids == list(range(256))
         self._byte_table = None if identity else {b: i for b, i in enumerate(self.byte_ids)}
         self._split = Splitter(self.pattern)
-        # A chunk that is one token is that token (tiktoken's rule), so every cache starts with
-        # the tokens whose bytes are text. The cache maps chunk -> its ids as a string of chr(id).
+        # A chunk that is one token is that token (tiktoken's rule): the tokens whose bytes are text.
         self._token_chunks: dict[str, str] = {}
         for t, data in vocab.items():
             try:
                 self._token_chunks[data.decode("utf-8")] = chr(t)
             except UnicodeDecodeError:
                 pass  # part of a multi-byte character: never a whole chunk
-        self._cache = dict(self._token_chunks)
+        self._cache: dict[str, str] = {}  # chunk -> its ids as a string of characters chr(id)
         self._pair_table = PairTable(pair_to_token)
         self._byte_id_array = np.array(self.byte_ids, dtype=np.int64)
 
@@ -197,10 +196,11 @@ class BPETokenizer:
 
     def clear_cache(self) -> None:
         """Forget the ids of chunks seen so far (the next encode starts cold)."""
-        self._cache = dict(self._token_chunks)
+        self._cache.clear()
 
     def _add_to_cache(self, chunks: list[str]) -> None:
-        """BPE on the chunks not in the cache: many short ones with numpy, the rest one by one."""
+        """Encode the chunks not in the cache: whole tokens directly, then BPE on the others (many
+        short ones at once with numpy, the rest one by one)."""
         new_chunks = list(set(chunks).difference(self._cache))
         if len(self._cache) + len(new_chunks) > CACHE_LIMIT:
             self.clear_cache()
@@ -210,6 +210,9 @@ class BPETokenizer:
         ends = list(accumulate(map(len, new_chunks)))
         new_chunks = [joined[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
         cache = self._cache
+        whole = list(map(self._token_chunks.get, new_chunks))
+        cache.update((c, t) for c, t in zip(new_chunks, whole, strict=True) if t is not None)
+        new_chunks = [c for c, t in zip(new_chunks, whole, strict=True) if t is None]
         if len(new_chunks) < BATCH_MIN:
             cache.update((c, self._encode_chunk(c.encode("utf-8"))) for c in new_chunks)
             return
@@ -246,13 +249,12 @@ class BPETokenizer:
             disallowed = set(self.special_tokens) - allowed
         else:
             disallowed = set(disallowed_special) - allowed
-        if disallowed:
-            found = _alternation(frozenset(disallowed)).search(text)
-            if found:
-                raise ScratchLLMError(
-                    f"text contains the special token {found.group()!r}; pass allowed_special={{{found.group()!r}}} "
-                    "to encode it as a special token, or disallowed_special=() to encode it as plain text"
-                )
+        found = self.find_special(text, disallowed)
+        if found:
+            raise ScratchLLMError(
+                f"text contains the special token {found!r}; pass allowed_special={{{found!r}}} "
+                "to encode it as a special token, or disallowed_special=() to encode it as plain text"
+            )
         if not allowed:
             return self.encode_ordinary(text)
         ids: list[int] = []
@@ -263,6 +265,16 @@ class BPETokenizer:
             start = match.end()
         ids += self.encode_ordinary(text[start:])
         return ids
+
+    def find_special(self, text: str, names: Iterable[str] | None = None) -> str | None:
+        """The first special-token string in ``text`` (among ``names``, default all), or None.
+
+        >>> BPETokenizer([], special_tokens={"<|endoftext|>": 256}).find_special("a<|endoftext|>")
+        '<|endoftext|>'
+        """
+        names = frozenset(self.special_tokens if names is None else names)
+        found = _alternation(names).search(text) if names else None
+        return found.group() if found else None
 
     def encode_batch(
         self,
@@ -275,7 +287,9 @@ class BPETokenizer:
         """Encode many texts, in ``num_workers`` processes when more than 1 (order is kept).
 
         Each worker rebuilds this tokenizer from its JSON state once and keeps its own chunk
-        cache, so throughput grows with the number of cores for large inputs.
+        cache, so throughput grows with the number of cores for large inputs. Every call starts
+        (and ends) its own pool of processes, each starting Python and rebuilding the tokenizer:
+        give one call many texts rather than many calls a few.
         """
         allowed = allowed_special if isinstance(allowed_special, str) else tuple(allowed_special)
         disallowed = disallowed_special if isinstance(disallowed_special, str) else tuple(disallowed_special)

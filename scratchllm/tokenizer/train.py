@@ -31,7 +31,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.tokenizer.patterns import SAFE_CUT, Splitter
+from scratchllm.tokenizer.patterns import Splitter, last_safe_cut
 
 READ_CHARS = 1 << 22  # characters read from a file at a time
 
@@ -61,23 +61,12 @@ def _read_file(path: Path, read_chars: int) -> Iterator[str]:
             carry = ""
             while block := f.read(read_chars):
                 text = carry + block
-                cut = _last_safe_cut(text)
+                cut = last_safe_cut(text)
                 yield text[:cut]
                 carry = text[cut:]
             yield carry
     except (OSError, UnicodeDecodeError) as err:
         raise ScratchLLMError(f"cannot read corpus file {path}: {err}; give a readable UTF-8 text file") from err
-
-
-def _last_safe_cut(text: str) -> int:
-    """The last position where ``text`` may be cut without changing its chunks (0 if none)."""
-    start = max(0, len(text) - 65536)
-    while True:
-        cuts = [m.start() for m in SAFE_CUT.finditer(text, start)]
-        if cuts or start == 0:
-            # The last cut needs a known next character, so never cut at the very end.
-            return cuts[-1] if cuts and cuts[-1] < len(text) else 0
-        start = max(0, start - 65536 * 16)
 
 
 def count_chunks(source: str | Path | Iterable[str | Path], splitter: Splitter, progress: bool = True) -> Counter[str]:

@@ -85,7 +85,7 @@ def test_errors_exit_2_with_one_line(trained, tmp_path, shared_data, capsys):
             ],
             "duplicate",
         ),
-        (["tokenizer", "encode", "--tokenizer", str(trained), "--text", "x<|endoftext|>"], "special token"),
+        (["tokenizer", "encode", "--tokenizer", str(trained), "--text", "x<|endoftext|>"], "--allow-special"),
         (["tokenizer", "decode", "--tokenizer", str(trained), "5", "99999"], "not in this tokenizer"),
         (["tokenizer", "info", "--tokenizer", str(tmp_path / "missing")], "cannot read tokenizer"),
     ]
@@ -119,3 +119,11 @@ def test_encode_allow_special(trained, capsys):
         main(["tokenizer", "encode", "--tokenizer", str(trained), "--text", "x<|endoftext|>", "--allow-special"]) == 0
     )
     assert [int(i) for i in capsys.readouterr().out.split()][-1] == tok.special_tokens["<|endoftext|>"]
+
+
+def test_encode_special_as_text(trained, capsys):
+    tok = BPETokenizer.load(trained)
+    capsys.readouterr()
+    argv = ["tokenizer", "encode", "--tokenizer", str(trained), "--text", "x<|endoftext|>", "--special-as-text"]
+    assert main(argv) == 0
+    assert [int(i) for i in capsys.readouterr().out.split()] == tok.encode("x<|endoftext|>", disallowed_special=())
