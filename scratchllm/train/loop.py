@@ -36,6 +36,7 @@ from scratchllm.train.distributed import (
     all_reduce_sum,
     barrier,
     broadcast_flag,
+    seed_rank_dropout,
     setup_distributed,
     teardown_distributed,
 )
@@ -270,6 +271,8 @@ class _Run:
         """One optimizer update; returns the step's mean loss over all ranks and the tokens it saw."""
         tc, device = self.config.train, self.ctx.device
         set_lr(self.optimizer, lr)
+        if self.ctx.enabled and self.config.model.dropout > 0:
+            seed_rank_dropout(tc.seed, self.step, self.ctx.rank)
         micro = [tuple(t.to(device, non_blocking=True) for t in next(self.batches)) for _ in range(tc.grad_accum_steps)]
         n_local = sum(int((y != IGNORE_INDEX).sum()) for _, y in micro)
         (n_scored,) = all_reduce_sum(self.ctx, n_local)

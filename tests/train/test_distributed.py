@@ -33,3 +33,24 @@ def test_two_ranks_equal_one_process_accumulating_two(tiny_data, tmp_path):
     assert two_train == pytest.approx(one_train, rel=1e-4)
     assert two_val == pytest.approx(one_val, rel=1e-4)
     assert two_train[-1] < two_train[0] - 0.5  # it did learn
+
+
+def _torchrun(*args):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "scratchllm", "train", *args], env=child_env(), capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_two_ranks_with_dropout_resume_exactly(tiny_data, tmp_path):
+    # constant learning rate, so stopping at step 10 and extending to 20 follows the same schedule
+    common = ["--quiet", *set_args("model.dropout=0.3", "train.warmup_steps=0", "train.min_lr=3e-3",
+                                   "train.eval_interval=5")]
+    whole = _torchrun("--data", str(tiny_data), "--out", str(tmp_path / "whole"), *common,
+                      "--set", "train.max_steps=20")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    first = _torchrun("--data", str(tiny_data), "--out", str(tmp_path / "split"), *common,
+                      "--set", "train.max_steps=10")
+    assert first.returncode == 0, first.stderr[-3000:]
+    rest = _torchrun("--resume", str(tmp_path / "split"), "--quiet", "--set", "train.max_steps=20")
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert _curves(tmp_path / "split") == _curves(tmp_path / "whole")  # exact float equality
