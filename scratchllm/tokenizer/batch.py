@@ -24,6 +24,7 @@ import numpy as np
 
 KEY_BASE = 1 << 21  # > any token id (ids are < 0x110000)
 NO_MERGE = KEY_BASE  # sorts after every token
+SEPARATOR = 0x10FFFF  # the last code point; token ids stop below it
 
 
 class PairTable:
@@ -113,9 +114,10 @@ def encode_chunks(data: list[bytes], byte_ids: np.ndarray, table: PairTable) -> 
     # Each chunk finished in one round, in order, so a stable sort by chunk restores the text.
     chunk = np.concatenate(done_chunks)
     order = np.argsort(chunk, kind="stable")
-    flat = np.concatenate(done_ids)[order].astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
-    ends = np.cumsum(np.bincount(chunk, minlength=len(data))).tolist()
-    return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+    ends = np.cumsum(np.bincount(chunk, minlength=len(data)))
+    # One string with a separator (never an id) after each chunk's ids, cut at C speed.
+    flat = np.insert(np.concatenate(done_ids)[order], ends[:-1], SEPARATOR)
+    return flat.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass").split(chr(SEPARATOR))
 
 
 def _merged_or_none(table: PairTable, left: np.ndarray, right: np.ndarray, same_chunk: np.ndarray) -> np.ndarray:

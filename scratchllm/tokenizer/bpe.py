@@ -22,8 +22,8 @@ import json
 import multiprocessing
 import os
 from collections.abc import Iterable, Sequence
-from itertools import accumulate, repeat
-from operator import add
+from itertools import accumulate, compress, repeat
+from operator import add, not_
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +37,11 @@ from scratchllm.tokenizer.train import count_chunks, learn_merges
 ENDOFTEXT = "<|endoftext|>"
 PADDING = "<|padding|>"
 DEFAULT_SPECIAL_TOKENS = (ENDOFTEXT, PADDING)
-MAX_ID = 0x10FFFE  # ids are held as characters chr(id); chr(0x10FFFF) marks "no merge"
+MAX_ID = 0x10FFFE  # ids are held as characters chr(id); chr(0x10FFFF) marks "no merge" or "end"
 _NO_MERGE = chr(0x10FFFF)
 CACHE_LIMIT = 1 << 20  # chunks remembered before the cache starts over
 BATCH_MIN = 64  # fewer new chunks than this are encoded one by one (numpy has a fixed cost)
-BATCH_MAX_BYTES = 40  # longer chunks need many numpy rounds; the per-chunk loop takes them
+BATCH_MAX_CHARS = 40  # longer chunks need many numpy rounds; the per-chunk loop takes them
 
 
 class BPETokenizer:
@@ -201,30 +201,33 @@ class BPETokenizer:
     def _add_to_cache(self, chunks: list[str]) -> None:
         """Encode the chunks not in the cache: whole tokens directly, then BPE on the others (many
         short ones at once with numpy, the rest one by one)."""
-        new_chunks = list(set(chunks).difference(self._cache))
-        if len(self._cache) + len(new_chunks) > CACHE_LIMIT:
+        distinct = set(chunks)
+        new_chunks = distinct.difference(self._cache)
+        if len(self._cache) + len(new_chunks) > CACHE_LIMIT:  # start over, keeping memory bounded
             self.clear_cache()
+            new_chunks = distinct
+        new_chunks = list(new_chunks)
         # Fresh copies made one after another lie together in memory, unlike the text's chunks
-        # (spread over all of them): later lookups, which compare against the keys, run faster.
+        # (spread among all of them): the lookups, which compare against the keys, run faster.
         joined = "".join(new_chunks)
         ends = list(accumulate(map(len, new_chunks)))
         new_chunks = [joined[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
         cache = self._cache
-        whole = list(map(self._token_chunks.get, new_chunks))
-        cache.update((c, t) for c, t in zip(new_chunks, whole, strict=True) if t is not None)
-        new_chunks = [c for c, t in zip(new_chunks, whole, strict=True) if t is None]
+        tokens = list(map(self._token_chunks.get, new_chunks))
+        # The same for the values: iterating a string yields fresh 1-character strings.
+        cache.update(zip(compress(new_chunks, tokens), "".join(filter(None, tokens)), strict=True))
+        new_chunks = list(compress(new_chunks, map(not_, tokens)))
+        # numpy has a fixed cost per call and takes one round per merge, so a few chunks, and
+        # long ones (runs of spaces or symbols), go through the per-chunk loop instead.
         if len(new_chunks) < BATCH_MIN:
-            cache.update((c, self._encode_chunk(c.encode("utf-8"))) for c in new_chunks)
-            return
-        batch, datas = [], []
-        for chunk in new_chunks:
-            data = chunk.encode("utf-8")
-            if len(data) > BATCH_MAX_BYTES:
-                cache[chunk] = self._encode_chunk(data)
-            else:
-                batch.append(chunk)
-                datas.append(data)
-        cache.update(zip(batch, encode_chunks(datas, self._byte_id_array, self._pair_table), strict=True))
+            batch, alone = [], new_chunks
+        else:
+            batch = [chunk for chunk in new_chunks if len(chunk) <= BATCH_MAX_CHARS]
+            alone = [chunk for chunk in new_chunks if len(chunk) > BATCH_MAX_CHARS]
+        cache.update((chunk, self._encode_chunk(chunk.encode("utf-8"))) for chunk in alone)
+        if batch:
+            datas = [chunk.encode("utf-8") for chunk in batch]
+            cache.update(zip(batch, encode_chunks(datas, self._byte_id_array, self._pair_table), strict=True))
 
     def encode(
         self,

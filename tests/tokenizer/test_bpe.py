@@ -157,3 +157,23 @@ def test_encode_batch_in_processes_equals_serial(verdict_tok, shared_data):
 def test_decode_rejects_unknown_ids(verdict_tok):
     with pytest.raises(ScratchLLMError, match="not in this tokenizer"):
         verdict_tok.decode([1, verdict_tok.vocab_size])
+
+
+def test_ids_in_the_surrogate_range_survive_the_id_strings():
+    # Ids are held as characters chr(id) on the way; 0xD800-0xDFFF are surrogates there.
+    tok = BPETokenizer([(104, 105, 0xD800), (0xD800, 106, 0xDFFF)], pattern="gpt2")
+    assert tok.encode_ordinary("hij") == [0xDFFF]
+    letters = "klmnopqrstuvwxyz"
+    words = [f"hij{a}{b}" for a in letters for b in letters]  # 256 new chunks: the numpy batch
+    expected = [0xDFFF, ord("k"), ord("k")]
+    for word in words[1:]:
+        expected += [ord(" "), 0xDFFF, ord(word[3]), ord(word[4])]
+    ids = tok.encode_ordinary(" ".join(words))
+    assert ids == expected
+    assert tok.decode(ids) == " ".join(words)
+
+
+def test_find_special(verdict_tok):
+    assert verdict_tok.find_special("a <|padding|> b <|endoftext|>") == "<|padding|>"
+    assert verdict_tok.find_special("a <|padding|>", names=["<|endoftext|>"]) is None
+    assert verdict_tok.find_special("plain text") is None

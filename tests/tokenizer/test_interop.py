@@ -104,3 +104,25 @@ def test_batched_cold_cache_encoding_matches_tiktoken(gpt2_tok, gpt2_tiktoken, w
     gpt2_tok.clear_cache()
     text = " ".join(words)
     assert gpt2_tok.encode_ordinary(text) == gpt2_tiktoken.encode_ordinary(text)
+
+
+def test_one_encode_mixing_batch_and_one_by_one_chunks_matches_tiktoken(gpt2_tok, gpt2_tiktoken):
+    # Many new short chunks (numpy batch) and long runs of spaces and symbols (the per-chunk
+    # loop) in one cold call, with non-ASCII text (the full regex) in between.
+    words = [f"w{i}x{i * 7919 % 1000}" for i in range(300)]
+    text = " ".join(words) + " " * 100 + "x" + "-" * 90 + "\n\n\n\t \u3000 " * 30 + "你好 naïve 🤖" * 20
+    gpt2_tok.clear_cache()
+    assert gpt2_tok.encode_ordinary(text) == gpt2_tiktoken.encode_ordinary(text)
+    assert gpt2_tok.encode_ordinary(text) == gpt2_tiktoken.encode_ordinary(text)  # from the cache
+
+
+def test_cache_starts_over_at_its_limit(gpt2_tok, gpt2_tiktoken, monkeypatch):
+    from scratchllm.tokenizer import bpe
+
+    monkeypatch.setattr(bpe, "CACHE_LIMIT", 100)
+    gpt2_tok.clear_cache()
+    for start in range(0, 1000, 250):
+        text = " ".join(f"word{i}" for i in range(start, start + 250))
+        assert gpt2_tok.encode_ordinary(text) == gpt2_tiktoken.encode_ordinary(text)
+        assert len(gpt2_tok._cache) <= 251 + 100  # started over instead of growing past the limit
+    gpt2_tok.clear_cache()
