@@ -51,8 +51,9 @@ def generate(
     stop_ids: a row stops after it produces one of these (the stop token is kept).
     seed: makes sampling reproducible (a private generator; the global RNG is untouched).
     pad_id: the id that left-pads short prompts and follows a row's stop while others go on.
-    crop: a learned-position model keeps only the last tokens of a too-long prompt instead of
-        raising an error.
+    crop: a learned-position model that runs out of context keeps reading its last
+        ``context_length`` tokens, of the prompt and then of the text as it grows (a window that
+        slides, as nanoGPT's and the book's generate do), instead of raising an error.
 
     Returns a (B, T + n) tensor for tensor input, or one list per prompt (its ids and new
     tokens) for list input.
@@ -102,6 +103,8 @@ def stream(
     generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
     B, T = ids.shape
     total = T + max_new_tokens
+    # Learned positions stop at context_length: past it (crop) the model reads a sliding window.
+    window = model.config.context_length if model.config.pos_encoding == "learned" else total
 
     # Which key positions hold real tokens, and the position each row's next token takes.
     key_valid = torch.ones(B, total, dtype=torch.bool, device=device)
@@ -113,19 +116,25 @@ def stream(
     was_training = model.training
     model.eval()
     try:
-        cache = model.new_cache(B, total) if use_cache else None
+        cache = model.new_cache(B, min(total, window)) if use_cache else None
         seq = torch.empty(B, total, dtype=torch.long, device=device)
         seq[:, :T] = ids
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         length, step_ids, step_pos = T, ids, positions
         for _ in range(max_new_tokens):
+            if cache is not None and length >= window:
+                cache = None  # the window slides from here: every position shifts, so each step recomputes it
             if cache is not None:
                 mask = _mask(key_valid[:, :length], step_ids.shape[1]) if valid is not None else None
                 logits = model(step_ids, cache=cache, positions=step_pos, mask=mask, last_only=True)
             else:
-                mask = _mask(key_valid[:, :length], length) if valid is not None else None
-                all_pos = None if valid is None else _all_positions(positions, length)
-                logits = model(seq[:, :length], positions=all_pos, mask=mask, last_only=True)
+                # the last `window` positions: each row's last real tokens (its own padding only
+                # where it has fewer), numbered from 0 at its first real token in the window
+                start = max(0, length - window)
+                keys = key_valid[:, start:length]
+                mask = _mask(keys, length - start) if valid is not None else None
+                window_pos = (keys.cumsum(dim=1) - 1).clamp(min=0) if valid is not None else None
+                logits = model(seq[:, start:length], positions=window_pos, mask=mask, last_only=True)
             token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B,)
             if len(stops):
                 token = torch.where(finished, pad_id, token)
@@ -202,19 +211,19 @@ def _left_pad(idx: Prompt, pad_id: int, device: torch.device) -> tuple[torch.Ten
 
 
 def _fit_context(model: GPT, ids, valid, max_new_tokens: int, crop: bool):
-    """A learned-position model cannot go past its context: refuse, or crop the prompt."""
+    """A learned-position model cannot see past its context: refuse, or (crop) keep the prompt's
+    last ``context_length`` tokens; the window then slides in ``stream``."""
     cfg = model.config
     if cfg.pos_encoding != "learned" or ids.shape[1] + max_new_tokens <= cfg.context_length:
         return ids, valid
-    room = cfg.context_length - max_new_tokens
-    if not crop or room < 1:
+    if not crop:
         raise ScratchLLMError(
             f"prompt of {ids.shape[1]} tokens + {max_new_tokens} new tokens exceeds the model's context_length of "
             f"{cfg.context_length} (learned positions); shorten the prompt, lower max_new_tokens, "
-            "or crop the prompt (crop=True, --crop)"
+            "or let the model read only its last tokens (crop=True, --crop)"
         )
-    ids = ids[:, -room:]
-    valid = valid[:, -room:] if valid is not None else None
+    ids = ids[:, -cfg.context_length :]
+    valid = valid[:, -cfg.context_length :] if valid is not None else None
     return ids, (valid if valid is not None and not bool(valid.all()) else None)
 
 
@@ -225,10 +234,3 @@ def _mask(key_valid: torch.Tensor, n_queries: int) -> torch.Tensor:
     causal = causal_mask(n_queries, L, key_valid.device)  # (T, L)
     itself = torch.eye(n_queries, L, dtype=torch.bool, device=key_valid.device).roll(L - n_queries, dims=1)
     return (causal & (key_valid[:, None, None, :] | itself))
-
-
-def _all_positions(prompt_positions: torch.Tensor, length: int) -> torch.Tensor:
-    """Positions of a whole left-padded sequence: the prompt's, then one more per new token."""
-    T = prompt_positions.shape[1]
-    steps = torch.arange(1, length - T + 1, device=prompt_positions.device)
-    return torch.cat([prompt_positions, prompt_positions[:, -1:] + steps], dim=1)

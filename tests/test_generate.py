@@ -131,8 +131,30 @@ def test_prompt_longer_than_a_learned_context_errors_or_crops():
     with pytest.raises(ScratchLLMError, match="context_length of 32"):
         generate(model, long, 5)
     cropped = generate(model, long, 5, crop=True)
-    assert torch.equal(cropped[:, :40], long)  # the whole prompt comes back, the model saw its last 27
-    assert torch.equal(cropped[:, 40:], generate(model, long[:, -27:], 5)[:, 27:])
+    assert torch.equal(cropped[:, :40], long)  # the whole prompt comes back
+    assert torch.equal(cropped, book_generate(model, long, 5))
+
+
+def book_generate(model, idx, max_new_tokens):
+    """The book's generate_text_simple (and nanoGPT's sample loop): greedy, no cache, the model
+    reads the last context_length tokens at every step."""
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(idx[:, -model.config.context_length :])[:, -1]
+            idx = torch.cat([idx, logits.argmax(dim=-1, keepdim=True)], dim=1)
+    return idx
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_learned_positions_generate_past_the_context_with_a_sliding_window(use_cache):
+    model = sharp_model("learned")  # context 32
+    prompt = torch.randint(0, 512, (2, 10), generator=torch.Generator().manual_seed(1))
+    out = generate(model, prompt, 60, crop=True, use_cache=use_cache)  # 70 tokens > 32
+    assert torch.equal(out, book_generate(model, prompt, 60))
+    rows = [[5, 6, 7], prompt[1].tolist()]  # left-padded batch == each row alone
+    batch = generate(model, rows, 45, crop=True, use_cache=use_cache)
+    for row, got in zip(rows, batch, strict=True):
+        assert got == book_generate(model, torch.tensor([row]), 45)[0].tolist()
     with pytest.raises(ScratchLLMError, match="every prompt"):
         generate(model, [[1], []], 2)
 
@@ -152,8 +174,13 @@ def test_cli_streams_the_greedy_continuation_and_stops_at_endoftext(tmp_path, sh
     assert main(["generate", "--checkpoint", str(tmp_path / "ckpt"), "--prompt", prompt, "--max-new-tokens", "12",
                  "--temperature", "0"]) == 0
     assert capsys.readouterr().out == prompt + tok.decode(expected) + "\n"
-
     eot = tok.special_tokens["<|endoftext|>"]
+    past_context = generate(model, [ids], 150, crop=True)[0][len(ids) :]  # 150 + prompt > context 64
+    past_context = past_context[: past_context.index(eot)] if eot in past_context else past_context
+    assert main(["generate", "--checkpoint", str(tmp_path / "ckpt"), "--prompt", prompt, "--max-new-tokens", "150",
+                 "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == prompt + tok.decode(past_context) + "\n"
+
     with torch.no_grad():  # make <|endoftext|> the likeliest next token everywhere
         model.out_head.weight[:, eot] = model.out_head.weight[:, expected[2]] * 5
     save_checkpoint(tmp_path / "ckpt", model, tok)

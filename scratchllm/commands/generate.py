@@ -16,13 +16,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint folder or a run folder (newest)")
     p.add_argument("--prompt", required=True, help="the text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
-                   help="default 200, or as many as a learned-position model's context leaves")
+    p.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
+                   help="at most this many tokens (default 200); a learned-position model reads its last "
+                   "context_length tokens once the text outgrows its context")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more random (default 0.8)")
     p.add_argument("--top-k", type=int, default=200, metavar="K", help="sample among the K most likely (default 200)")
     p.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling: smallest set with mass P")
     p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
-    p.add_argument("--crop", action="store_true", help="keep only the last tokens of a prompt too long for the model")
     p.set_defaults(func=run)
 
 
@@ -37,18 +37,14 @@ def run(args: argparse.Namespace) -> int:
     ids = tokenizer.encode(args.prompt)
     if not ids:
         raise ScratchLLMError("the prompt is empty; give at least one character")
-    max_new = args.max_new_tokens
-    if max_new is None:
-        room = model.config.context_length - len(ids) if model.config.pos_encoding == "learned" else 200
-        max_new = min(200, room) if room > 0 else 200  # no room: let generate explain (or crop)
     eot = tokenizer.special_tokens.get("<|endoftext|>")
     stops = [eot] if eot is not None else []
     # A token can end in the middle of a UTF-8 character: decode bytes incrementally.
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
-    tokens = stream(model, [ids], max_new, args.temperature, args.top_k, args.top_p, stops, args.seed,
-                    crop=args.crop)
+    tokens = stream(model, [ids], args.max_new_tokens, args.temperature, args.top_k, args.top_p, stops, args.seed,
+                    crop=True)
     for token in tokens:
         if int(token) in stops:
             break

@@ -55,7 +55,7 @@ class TrainConfig:
     checkpoint_interval: int = 0  # steps between checkpoints; 0 = at every evaluation
     keep_last: int = 2  # newest checkpoints kept (the best by val_loss is kept as well)
     log_interval: int = 1  # steps between metrics.jsonl lines
-    sample_tokens: int = 0  # tokens sampled after each evaluation (0 = none)
+    sample_tokens: int = 100  # tokens sampled and shown after each evaluation, unless --quiet (0 = none)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 only on CUDA)
     device: str = "auto"  # auto | cpu | cuda | mps
     compile: bool = False  # torch.compile the model

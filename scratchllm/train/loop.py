@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,8 +329,10 @@ class _Run:
         if self.ctx.is_main and self.progress:
             tqdm.write(f"step {self.step}: val loss {self.val_loss:.4f}, perplexity {record['val_ppl']:.2f}, "
                        f"{record['val_bpb']:.3f} bits/byte")
-            if tc.sample_tokens:
-                tqdm.write(self._sample(tc.sample_tokens))
+            if tc.sample_tokens:  # the model's own words, indented under the figures
+                text = self._sample(tc.sample_tokens)
+                text = "".join(c if c.isprintable() or c == "\n" else "\ufffd" for c in text)  # no control codes
+                tqdm.write(textwrap.indent(text, "    | ", lambda line: True))
 
     def _sample(self, n_tokens: int) -> str:
         from scratchllm.generate import generate
