@@ -85,32 +85,39 @@ def encode_chunks(data: list[bytes], byte_ids: np.ndarray, table: PairTable) -> 
     >>> [list(map(ord, ids)) for ids in encode_chunks([b"hi", b"hih"], np.arange(256), table)]
     [[256], [256, 104]]
     """
-    lengths = np.fromiter(map(len, data), dtype=np.int64, count=len(data))
     ids = byte_ids[np.frombuffer(b"".join(data), dtype=np.uint8)].astype(np.int64)
-    chunk = np.repeat(np.arange(len(data), dtype=np.int64), lengths)
-    # merged[i]: the token pair (i, i + 1) merges into, NO_MERGE if none or i ends its chunk.
+    # The chunks still merging, laid end to end: their index in ``data``, length and start.
+    chunk = np.arange(len(data))
+    length = np.fromiter(map(len, data), dtype=np.int64, count=len(data))
+    start = np.cumsum(length) - length
+    # merged[i]: the token the pair (i, i + 1) merges into; NO_MERGE if none or i ends its chunk.
     merged = np.full(len(ids), NO_MERGE, dtype=np.int64)
-    merged[:-1] = _merged_or_none(table, ids[:-1], ids[1:], chunk[:-1] == chunk[1:])
+    merged[:-1] = _merged_or_none(table, ids[:-1], ids[1:])
+    merged[start + length - 1] = NO_MERGE
+    position = np.arange(len(ids))
     done_ids, done_chunks = [], []  # chunks that cannot merge any more, set aside
-    while len(ids):
-        starts = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1]])
+    while len(chunk):
         n = len(ids)
-        best = np.minimum.reduceat(merged * n + np.arange(n), starts)  # lowest token, then leftmost
+        best = np.minimum.reduceat(merged * n + position[:n], start)  # lowest token, then leftmost
         token, at = np.divmod(best, n)
         stuck = token == NO_MERGE
-        finished = np.repeat(stuck, np.diff(np.r_[starts, n]))
+        finished = np.repeat(stuck, length)
         done_ids.append(ids[finished])
-        done_chunks.append(chunk[finished])
-        at, token = at[~stuck], token[~stuck]
+        done_chunks.append(np.repeat(chunk[stuck], length[stuck]))
+        merging = ~stuck
+        at, token, offset = at[merging], token[merging], (at - start)[merging]
         ids[at] = token
         keep = ~finished
         keep[at + 1] = False
-        at -= np.cumsum(~keep)[at]  # where the merged tokens sit once the dropped ones are gone
-        ids, chunk, merged = ids[keep], chunk[keep], merged[keep]
+        ids, merged = ids[keep], merged[keep]
+        chunk, length = chunk[merging], length[merging] - 1
+        start = np.cumsum(length) - length
+        at = start + offset  # where the merged tokens sit now
         # Only the pairs on either side of a merged token change.
-        i = np.concatenate([at[at > 0] - 1, at[at < len(ids) - 1]])
-        merged[i] = _merged_or_none(table, ids[i], ids[i + 1], chunk[i] == chunk[i + 1])
-        merged[at[at == len(ids) - 1]] = NO_MERGE
+        last = offset == length - 1
+        merged[at[last]] = NO_MERGE
+        i = np.concatenate([at[offset > 0] - 1, at[~last]])
+        merged[i] = _merged_or_none(table, ids[i], ids[i + 1])
     # Each chunk finished in one round, in order, so a stable sort by chunk restores the text.
     chunk = np.concatenate(done_chunks)
     order = np.argsort(chunk, kind="stable")
@@ -120,7 +127,7 @@ def encode_chunks(data: list[bytes], byte_ids: np.ndarray, table: PairTable) -> 
     return flat.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass").split(chr(SEPARATOR))
 
 
-def _merged_or_none(table: PairTable, left: np.ndarray, right: np.ndarray, same_chunk: np.ndarray) -> np.ndarray:
-    """The token each pair ``(left, right)`` merges into; ``NO_MERGE`` if none or across chunks."""
+def _merged_or_none(table: PairTable, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """The token each pair ``(left, right)`` merges into, or ``NO_MERGE``."""
     merged = table.lookup(left * KEY_BASE + right)
-    return np.where(same_chunk & (merged >= 0), merged, NO_MERGE)
+    return np.where(merged >= 0, merged, NO_MERGE)
