@@ -6,15 +6,15 @@ end to end in one array and advanced together, one merge per chunk per round, by
 rule: in every chunk, merge the adjacent pair whose joined token has the lowest id, leftmost on
 ties.
 
-One round, over all positions ``i`` at once::
+``merged[i]`` holds the token the pair ``(ids[i], ids[i + 1])`` joins into (looked up in a numpy
+hash table of pairs; "none" at the end of a chunk). One round, over all chunks at once::
 
-    key[i]   = ids[i] * K + ids[i + 1]           # the pair as one integer
-    merged[i] = lookup of key[i] in a hash table of pairs (none if absent or across chunks)
-    best per chunk = min over its positions of merged[i] * P + i   # lowest id, then leftmost
-    ids[best] = merged; drop ids[best + 1]
+    best per chunk = min over its positions i of merged[i] * n + i   # lowest id, then leftmost
+    ids[best] = merged[best]; drop ids[best + 1]
+    look up merged[] again only at best - 1 and best                  # the pairs that changed
 
 A chunk with nothing left to merge is set aside, so rounds get cheaper as they go. A chunk of n
-bytes needs at most n - 1 rounds, so long chunks (rare: long runs of spaces or symbols) are left
+bytes needs up to n - 1 rounds, so long chunks (rare: long runs of spaces or symbols) are left
 to the per-chunk loop.
 """
 
