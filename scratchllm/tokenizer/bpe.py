@@ -11,7 +11,9 @@ A tokenizer is fully described by four things (the same as a tiktoken ``Encoding
 
 Encoding a chunk is BPE in rank order, the same rule as tiktoken: among adjacent tokens
 ``(u, v)`` whose bytes joined form a token ``t``, merge the one with the lowest id ``t`` (leftmost
-on ties), until none is left. Chunks repeat a lot in real text, so each chunk's ids are cached.
+on ties), until none is left. Chunks repeat a lot in real text, so each chunk's ids are cached,
+as a string of characters ``chr(id)``: a text's ids are then one C-speed join of cached strings,
+turned into a list of ints at once (docs/tokenizer.md, "Encoding fast").
 """
 
 from __future__ import annotations
@@ -214,7 +216,7 @@ class BPETokenizer:
         new_chunks = [joined[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
         cache = self._cache
         tokens = list(map(self._token_chunks.get, new_chunks))
-        # The same for the values: iterating a string yields fresh 1-character strings.
+        # The same for the values: iterating a string makes new 1-character strings.
         cache.update(zip(compress(new_chunks, tokens), "".join(filter(None, tokens)), strict=True))
         new_chunks = list(compress(new_chunks, map(not_, tokens)))
         # numpy has a fixed cost per call and takes one round per merge, so a few chunks, and
