@@ -30,9 +30,10 @@ SEPARATOR = 0x10FFFF  # the last code point; token ids stop below it
 class PairTable:
     """A hash table in numpy arrays: pair key ``u * KEY_BASE + v`` -> the token they merge into.
 
-    Open addressing with linear probing, at most a quarter full so that probe runs stay short; a
-    lookup of a whole array costs a few vectorized passes (about 10x faster than
-    ``np.searchsorted`` on a sorted key array).
+    Open addressing with linear probing, at most a quarter full so that keys lie close to their
+    first slot: a lookup of a whole array checks every key's first slot, then the few keys not
+    found there against all the slots up to the farthest any key lies, at once: a few
+    vectorized passes and no loop (about 10x faster than ``np.searchsorted`` on sorted keys).
 
     >>> PairTable({chr(1) + chr(2): chr(300)}).lookup(np.array([1 * KEY_BASE + 2, 5]))
     array([300,  -1])
@@ -47,6 +48,7 @@ class PairTable:
         self.values = np.full(1 << self.bits, -1, dtype=np.int64)
         slot = self._hash(keys)
         pending = np.arange(len(keys))
+        self.max_probe = 0  # the farthest any key lies after its first slot
         while len(pending):  # place every key at the first free slot from its hash on
             free = self.keys[slot[pending]] == -1
             candidates = pending[free]
@@ -57,6 +59,7 @@ class PairTable:
             placed[candidates[first]] = True
             pending = pending[~placed[pending]]
             slot[pending] = (slot[pending] + 1) & self.mask
+            self.max_probe += len(pending) > 0
 
     def _hash(self, keys: np.ndarray) -> np.ndarray:
         """Fibonacci hashing: the top ``bits`` bits of key * 2^64/golden ratio."""
@@ -69,12 +72,11 @@ class PairTable:
         found = self.keys[slot]
         result = np.where(found == keys, self.values[slot], -1)
         todo = np.flatnonzero((found != -1) & (found != keys))
-        while len(todo):  # probe on until the key or an empty slot
-            slot[todo] = (slot[todo] + 1) & self.mask
-            found = self.keys[slot[todo]]
-            hit = found == keys[todo]
-            result[todo[hit]] = self.values[slot[todo[hit]]]
-            todo = todo[(found != -1) & ~hit]
+        if len(todo) and self.max_probe:  # the few others: all the slots they may lie in at once
+            window = (slot[todo, None] + np.arange(1, self.max_probe + 1)) & self.mask
+            hit = self.keys[window] == keys[todo, None]
+            row, col = np.nonzero(hit)
+            result[todo[row]] = self.values[window[row, col]]
         return result
 
 

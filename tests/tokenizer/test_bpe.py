@@ -177,3 +177,17 @@ def test_find_special(verdict_tok):
     assert verdict_tok.find_special("a <|padding|> b <|endoftext|>") == "<|padding|>"
     assert verdict_tok.find_special("a <|padding|>", names=["<|endoftext|>"]) is None
     assert verdict_tok.find_special("plain text") is None
+
+
+def test_pair_table_lookup_equals_a_dict():
+    import numpy as np
+
+    from scratchllm.tokenizer.batch import KEY_BASE, PairTable
+
+    rng = np.random.default_rng(0)
+    pairs = {(int(u), int(v)): 256 + i for i, (u, v) in enumerate(rng.integers(0, 3000, size=(20_000, 2)))}
+    table = PairTable({chr(u) + chr(v): chr(t) for (u, v), t in pairs.items()})
+    queries = [*pairs, *map(tuple, rng.integers(0, 3000, size=(20_000, 2)).tolist())]
+    keys = np.array([u * KEY_BASE + v for u, v in queries])
+    assert table.lookup(keys).tolist() == [pairs.get(q, -1) for q in queries]
+    assert table.max_probe > 0  # some keys do sit past their first slot
