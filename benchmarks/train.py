@@ -13,6 +13,10 @@ on a shared 2-core machine single steps vary by +-30%, and slow spells then hit 
   with the preset's model (the same architecture: no biases, exact GELU, tied head), its tokens/s
   taken from the run's own metrics.jsonl.
 
+Both sides run with the allocator setting scratchllm's training applies on a CPU
+(``scratchllm.train.allocator``: freed activations stay in the heap instead of being page-faulted
+in again every step), set once at the start, so the comparison is of the training steps alone.
+
 The nanoGPT figures published for the reference machine (an AMX CPU) are printed beside them.
 
     flock /tmp/scratchllm-cpu.lock .venv/bin/python benchmarks/train.py
@@ -37,6 +41,7 @@ from scratchllm.checkpoint import list_checkpoints, read_json
 from scratchllm.data.shards import prepare
 from scratchllm.model import GPT
 from scratchllm.train import load_run_config, train
+from scratchllm.train.allocator import keep_freed_cpu_memory
 from scratchllm.train.metrics import read_metrics
 from scratchllm.train.precision import matmul_peak_flops
 
@@ -148,6 +153,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cpu = torch.device("cpu")
+    keep_freed_cpu_memory()  # what scratchllm.train does on a CPU; nanoGPT's step gets it too
     peaks = {p: matmul_peak_flops(p, cpu, n=2048, repeats=10) for p in ("fp32", "bf16")}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; measured matmul peak (2048^3): "
           f"fp32 {peaks['fp32'] / 1e9:,.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:,.0f} GFLOP/s")

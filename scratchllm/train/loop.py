@@ -31,6 +31,7 @@ from scratchllm.data.batches import RandomBatches, SlidingWindows
 from scratchllm.data.shards import open_prepared
 from scratchllm.errors import ScratchLLMError
 from scratchllm.model import GPT
+from scratchllm.train.allocator import keep_freed_cpu_memory
 from scratchllm.train.config import RunConfig
 from scratchllm.train.distributed import (
     DistributedContext,
@@ -137,6 +138,8 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
     exactly where it stopped. Started by torchrun, every process runs this with its own rank.
     """
     ctx = setup_distributed(config.train.device)
+    if ctx.device.type == "cpu":
+        keep_freed_cpu_memory()
     try:
         return _Run(config, Path(run_dir), ctx, progress).fit(resume)
     finally:
