@@ -63,14 +63,15 @@ class PairTable:
 
     def _hash(self, keys: np.ndarray) -> np.ndarray:
         """Fibonacci hashing: the top ``bits`` bits of key * 2^64/golden ratio."""
-        mixed = keys.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-        return (mixed >> np.uint64(64 - self.bits)).astype(np.int64)
+        mixed = np.ascontiguousarray(keys, dtype=np.int64).view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        mixed >>= np.uint64(64 - self.bits)
+        return mixed.view(np.int64)
 
-    def lookup(self, keys: np.ndarray) -> np.ndarray:
-        """The merged token of each key, or -1 where the pair does not merge."""
+    def lookup(self, keys: np.ndarray, missing: int = -1) -> np.ndarray:
+        """The merged token of each key, or ``missing`` where the pair does not merge."""
         slot = self._hash(keys)
         found = self.keys[slot]
-        result = np.where(found == keys, self.values[slot], -1)
+        result = np.where(found == keys, self.values[slot], missing)
         todo = np.flatnonzero((found != -1) & (found != keys))
         if len(todo) and self.max_probe:  # the few others: all the slots they may lie in at once
             window = (slot[todo, None] + np.arange(1, self.max_probe + 1)) & self.mask
@@ -131,5 +132,4 @@ def encode_chunks(data: list[bytes], byte_ids: np.ndarray, table: PairTable) -> 
 
 def _merged_or_none(table: PairTable, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """The token each pair ``(left, right)`` merges into, or ``NO_MERGE``."""
-    merged = table.lookup(left * KEY_BASE + right)
-    return np.where(merged >= 0, merged, NO_MERGE)
+    return table.lookup(left * KEY_BASE + right, missing=NO_MERGE)
