@@ -14,6 +14,8 @@ through ``scratchllm.data.corpora.corpus_files``) it times:
   with GPT-2's real vocabulary: ours on the first pass (a freshly loaded tokenizer, empty chunk
   cache) and on a second pass (warm cache) vs ``tiktoken.Encoding.encode_ordinary`` built from
   the same ranks, checking identical ids. The three are timed in turn, best of ``--repeats``.
+  Then the very first call in a brand-new process, ours and tiktoken's, best of
+  ``--new-processes`` processes each (a new process has no warm memory or caches to reuse).
 
 ``--encode-only`` skips the training timings.
 """
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -85,6 +89,47 @@ def bench_training(name: str, files: list[Path], vocab_sizes: list[int], repeats
     return rows
 
 
+# Times one encode_ordinary in this (new) process: argv = side ("ours"/"tiktoken"), tokenizer
+# directory, text files. tiktoken is built from the tokenizer's exported ranks.
+FIRST_CALL = """
+import sys, time
+from pathlib import Path
+import tiktoken
+from tiktoken.load import load_tiktoken_bpe
+from scratchllm.tokenizer import BPETokenizer
+side, directory, *files = sys.argv[1:]
+text = "".join(Path(f).read_text(encoding="utf-8") for f in files)
+tok = BPETokenizer.load(directory)
+encode = tok.encode_ordinary
+if side == "tiktoken":
+    ranks = load_tiktoken_bpe(str(tok.export_tiktoken(Path(directory) / "ours.tiktoken")))
+    encode = tiktoken.Encoding("ours", pat_str=tok.pattern, mergeable_ranks=ranks, special_tokens={}).encode_ordinary
+start = time.perf_counter()
+encode(text)
+print(time.perf_counter() - start)
+"""
+
+
+def bench_first_call(label: str, tok: BPETokenizer, files: list[Path], processes: int) -> str:
+    """Best of ``processes`` new processes per side, each timing its very first encode."""
+    megabytes = sum(len(f.read_text(encoding="utf-8").encode("utf-8")) for f in files) / 1e6
+    best = {"ours": float("inf"), "tiktoken": float("inf")}
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save(tmp, force=True)
+        for _ in range(processes):
+            for side in best:
+                argv = [sys.executable, "-c", FIRST_CALL, side, tmp, *map(str, files)]
+                seconds = float(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+                best[side] = min(best[side], seconds)
+    ours, ref = best["ours"], best["tiktoken"]
+    row = (
+        f"| encode {label}, first call in a new process | {megabytes / ours:.1f} MB/s | {megabytes / ref:.1f} MB/s "
+        f"| {ref / ours:.2f}x |"
+    )
+    print(row, flush=True)
+    return row
+
+
 def bench_encoding(label: str, tok: BPETokenizer, enc: tiktoken.Encoding, text: str, repeats: int) -> list[str]:
     megabytes = len(text.encode("utf-8")) / 1e6
     state = tok.to_dict()
@@ -119,6 +164,9 @@ def main() -> None:
     parser.add_argument("--encode-vocab-sizes", nargs="+", type=int, default=[1024, 8192], help="timed encoding")
     parser.add_argument("--encode-only", action="store_true", help="skip the training timings")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--new-processes", type=int, default=3, help="also time a first call in this many new processes (0: skip)"
+    )
     args = parser.parse_args()
 
     corpora = {
@@ -144,7 +192,11 @@ def main() -> None:
                 ranks = load_tiktoken_bpe(str(tok.export_tiktoken(Path(tmp) / "ours.tiktoken")))
             enc = tiktoken.Encoding("ours", pat_str=tok.pattern, mergeable_ranks=ranks, special_tokens={})
             bench_encoding(f"{name}, ours {vocab_size}", tok, enc, text, args.repeats)
+            if args.new_processes:
+                bench_first_call(f"{name}, ours {vocab_size}", tok, files, args.new_processes)
         bench_encoding(f"{name}, GPT-2 50257", gpt2, gpt2_enc, text, args.repeats)
+        if args.new_processes:
+            bench_first_call(f"{name}, GPT-2 50257", gpt2, files, args.new_processes)
 
 
 if __name__ == "__main__":
