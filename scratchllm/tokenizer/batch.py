@@ -85,20 +85,23 @@ def encode_chunks(data: list[bytes], byte_ids: np.ndarray, table: PairTable) -> 
     """BPE-encode each byte string in ``data``; returns each one's ids as a string of ``chr(id)``.
 
     >>> table = PairTable({chr(104) + chr(105): chr(256)})
-    >>> [list(map(ord, ids)) for ids in encode_chunks([b"hi", b"hih"], np.arange(256), table)]
-    [[256], [256, 104]]
+    >>> [list(map(ord, ids)) for ids in encode_chunks([b"hi", b"", b"hih"], np.arange(256), table)]
+    [[256], [], [256, 104]]
     """
     ids = byte_ids[np.frombuffer(b"".join(data), dtype=np.uint8)].astype(np.int64)
-    # The chunks still merging, laid end to end: their index in ``data``, length and start.
-    chunk = np.arange(len(data))
+    # The chunks still merging, laid end to end: their index in ``data``, length and start. (An
+    # empty one, which a custom pattern with a lookahead can match, has no ids and takes no part.)
     length = np.fromiter(map(len, data), dtype=np.int64, count=len(data))
+    chunk = np.flatnonzero(length)
+    length = length[chunk]
     start = np.cumsum(length) - length
     # merged[i]: the token the pair (i, i + 1) merges into; NO_MERGE if none or i ends its chunk.
     merged = np.full(len(ids), NO_MERGE, dtype=np.int64)
     merged[:-1] = _merged_or_none(table, ids[:-1], ids[1:])
     merged[start + length - 1] = NO_MERGE
     position = np.arange(len(ids))
-    done_ids, done_chunks = [], []  # chunks that cannot merge any more, set aside
+    nothing = np.zeros(0, dtype=np.int64)
+    done_ids, done_chunks = [nothing], [nothing]  # chunks that cannot merge any more, set aside
     while len(chunk):
         n = len(ids)
         best = np.minimum.reduceat(merged * n + position[:n], start)  # lowest token, then leftmost

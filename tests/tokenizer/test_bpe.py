@@ -191,3 +191,33 @@ def test_pair_table_lookup_equals_a_dict():
     keys = np.array([u * KEY_BASE + v for u, v in queries])
     assert table.lookup(keys).tolist() == [pairs.get(q, -1) for q in queries]
     assert table.max_probe > 0  # some keys do sit past their first slot
+
+
+def test_custom_pattern_with_empty_matches_encodes_like_plain_bpe(verdict_tok, shared_data):
+    # A lookahead branch matches the empty string inside a text; such a chunk has no ids.
+    import regex
+
+    pattern = r"(?=[A-Z])|\w+|\W+"
+    tok = BPETokenizer(verdict_tok.merges, pattern=pattern)
+    text = (shared_data / "tinyshakespeare.txt").read_text()[:20_000]
+    assert "" in regex.findall(pattern, text)
+    expected = []
+    for chunk in regex.findall(pattern, text):
+        ids = list(chunk.encode("utf-8"))
+        for (left, right), new in tok.explain_word(chunk):
+            i = next(k for k in range(len(ids) - 1) if ids[k : k + 2] == [left, right])
+            ids[i : i + 2] = [new]
+        expected += ids
+    assert tok.encode_ordinary(text) == expected
+    assert tok.decode(expected) == text
+
+
+def test_batch_encoding_takes_empty_chunks_anywhere():
+    import numpy as np
+
+    from scratchllm.tokenizer.batch import PairTable, encode_chunks
+
+    table = PairTable({chr(104) + chr(105): chr(256), chr(256) + chr(104): chr(257)})
+    for data in ([b"hi", b"", b"hih"], [b"", b"hih"], [b"hih", b""], [b""], [b"", b""]):
+        expected = [{b"": [], b"hi": [256], b"hih": [257]}[d] for d in data]
+        assert [list(map(ord, ids)) for ids in encode_chunks(data, np.arange(256), table)] == expected
