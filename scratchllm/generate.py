@@ -220,7 +220,7 @@ def _fit_context(model: GPT, ids, valid, max_new_tokens: int, crop: bool):
         raise ScratchLLMError(
             f"prompt of {ids.shape[1]} tokens + {max_new_tokens} new tokens exceeds the model's context_length of "
             f"{cfg.context_length} (learned positions); shorten the prompt, lower max_new_tokens, "
-            "or let the model read only its last tokens (crop=True, --crop)"
+            "or let the model read only its last tokens (crop=True)"
         )
     ids = ids[:, -cfg.context_length :]
     valid = valid[:, -cfg.context_length :] if valid is not None else None
