@@ -28,8 +28,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from scratchllm import fileio
 from scratchllm.errors import ScratchLLMError
-from scratchllm.fileio import atomic_path
 
 FORMAT = "scratchllm-checkpoint"
 VERSION = 1
@@ -59,7 +59,7 @@ def save_checkpoint(
     """
     path = Path(path)
     model = unwrap_model(model)
-    with atomic_path(path) as tmp:
+    with fileio.atomic_path(path) as tmp:
         tmp.mkdir()
         tensors, tied = _dedupe_tied(model.state_dict())
         save_file(tensors, tmp / MODEL_FILE, metadata={"format": FORMAT, "tied": json.dumps(tied)})
@@ -223,12 +223,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def read_json(file: Path) -> dict[str, Any]:
     """Read a JSON file of a checkpoint; a missing, truncated or corrupt file is named in the error."""
-    try:
-        return json.loads(Path(file).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ScratchLLMError(f"{file} is missing; the checkpoint is incomplete") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ScratchLLMError(f"{file} is corrupt or truncated ({err}); use an earlier checkpoint") from None
+    return fileio.read_json(file, "the checkpoint is incomplete or damaged: use an earlier one")
 
 
 def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:

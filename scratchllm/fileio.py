@@ -1,7 +1,8 @@
-"""Atomic writes: a reader sees the old file or the new one, never half of either.
+"""Files a user keeps: atomic writes, and JSON reads that fail with one clear line.
 
 Every file a user keeps (tokenizers, shards, checkpoints, configs) is written to a temporary
-name in the same directory and then renamed over the target, which POSIX makes atomic.
+name in the same directory and then renamed over the target, which POSIX makes atomic: a reader
+sees the old file or the new one, never half of either.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from scratchllm.errors import ScratchLLMError
 
 
 @contextmanager
@@ -75,3 +78,21 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_json(path: str | os.PathLike, fix: str) -> Any:
+    """The parsed contents of a JSON file; a missing, unreadable or corrupt one raises a one-line
+    ``ScratchLLMError`` that names the file and ends with ``fix`` (what the user can do).
+
+    >>> read_json("no-such.json", "run `scratchllm prepare` first")
+    Traceback (most recent call last):
+    ...
+    scratchllm.errors.ScratchLLMError: no-such.json is missing; run `scratchllm prepare` first
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ScratchLLMError(f"{path} is missing; {fix}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ScratchLLMError(f"{path} is unreadable or corrupt ({err}); {fix}") from None

@@ -26,7 +26,6 @@ Public API:
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing
 import os
 import sys
@@ -50,9 +49,9 @@ from scratchllm.data.corpora import (
     split_corpus,
 )
 from scratchllm.errors import ScratchLLMError
-from scratchllm.fileio import atomic_path, atomic_write_json
+from scratchllm.fileio import atomic_path, atomic_write_json, read_json
 from scratchllm.tokenizer import DEFAULT_SPECIAL_TOKENS, BPETokenizer
-from scratchllm.tokenizer.patterns import last_safe_cut as _last_safe_cut
+from scratchllm.tokenizer.patterns import last_safe_cut
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -95,7 +94,7 @@ def encoding_jobs(sources: Iterable[Source], job_chars: int = JOB_CHARS) -> Iter
                 size += len(text)
                 text, new_document = "", True
             elif len(text) >= job_chars:
-                cut = _last_safe_cut(text)
+                cut = last_safe_cut(text)
                 if cut == 0 and len(text) >= 16 * job_chars:
                     cut = len(text)  # no line break in sight: cut anyway (ids may differ at this one spot)
                 if cut:
@@ -288,10 +287,7 @@ def _read_manifest(data_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ScratchLLMError(f"{data_dir} is not a prepared data folder (no manifest.json): "
                               f"run `scratchllm prepare --corpus NAME --out {data_dir}` first")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ScratchLLMError(f"{path} is not valid JSON ({err}): {_rerun_hint(data_dir)}") from err
+    manifest = read_json(path, _rerun_hint(data_dir))
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
         raise ScratchLLMError(f"{path} has format version {version}, this scratchllm reads {FORMAT_VERSION}: "

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.fileio import atomic_path
+from scratchllm.fileio import atomic_path, read_json
 from scratchllm.model import GPT, GPTConfig
 
 WEIGHTS = "model.safetensors"
@@ -143,11 +143,7 @@ def load_hf_gpt2(directory: str | os.PathLike, dtype: torch.dtype | None = None)
                 "because unpickling can run code; convert them to model.safetensors first"
             )
         raise ScratchLLMError(f"{weights} not found; a GPT-2 checkpoint directory holds config.json + {WEIGHTS}")
-    try:
-        hf_config = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ScratchLLMError(f"cannot read {directory / CONFIG}: {err}") from None
-    config = config_from_hf(hf_config)
+    config = config_from_hf(read_json(directory / CONFIG, "a GPT-2 checkpoint directory holds a valid config.json"))
     with torch.device("meta"):
         model = GPT(config)
     expected = model.state_dict()

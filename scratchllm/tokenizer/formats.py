@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.fileio import atomic_write_json, atomic_write_text
+from scratchllm.fileio import atomic_write_json, atomic_write_text, read_json
 from scratchllm.tokenizer.bpe import BPETokenizer
 from scratchllm.tokenizer.patterns import GPT2_PATTERN
 
@@ -160,7 +160,9 @@ def load_tiktoken(
             ranks[data] = int(rank)
         except (ValueError, binascii.Error) as err:
             raise ScratchLLMError(f"{path} line {number} is not 'base64token rank': {err}") from err
-    sidecar = json.loads(_sidecar(path).read_text(encoding="utf-8")) if _sidecar(path).is_file() else {}
+    sidecar = {}
+    if _sidecar(path).is_file():
+        sidecar = read_json(_sidecar(path), "fix or delete it, or give the pattern and special tokens yourself")
     pattern = pattern or sidecar.get("pattern", "gpt4")
     if special_tokens is None:
         special_tokens = sidecar.get("special_tokens", {})

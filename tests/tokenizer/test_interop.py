@@ -65,6 +65,10 @@ def test_tiktoken_file_round_trip(verdict_tok, gpt2_tok, tmp_path):
     (tmp_path / "bad.tiktoken").write_text("IQ== 0\nnot base64! 1\n")
     with pytest.raises(ScratchLLMError, match="line 2"):
         BPETokenizer.from_tiktoken(tmp_path / "bad.tiktoken")
+    sidecar = next(p for p in tmp_path.iterdir() if p.name.startswith("v.") and p.suffix == ".json")
+    sidecar.write_text('{"pattern": ')  # torn
+    with pytest.raises(ScratchLLMError, match=f"{sidecar.name} is unreadable or corrupt .*give the pattern"):
+        BPETokenizer.from_tiktoken(tmp_path / "v.tiktoken")
 
 
 @pytest.fixture(scope="module")
