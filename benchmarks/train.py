@@ -25,7 +25,6 @@ The nanoGPT figures published for the reference machine (an AMX CPU) are printed
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from reference_files import tinyshakespeare
 from torch import nn
 
 from scratchllm.checkpoint import list_checkpoints, read_json
@@ -144,8 +144,8 @@ def _row(shape: str, precision: str, who: str, ms: float, base_ms: float, fpt: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    default_text = Path(os.environ.get("SCRATCHLLM_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data"))
-    parser.add_argument("--text", type=Path, default=default_text / "tinyshakespeare.txt")
+    parser.add_argument("--text", type=Path, default=None,
+                        help="Tiny Shakespeare (default: fetched once by its canonical URL into the corpus cache)")
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--steps", type=int, default=0, help="timed steps per row and round (default 40 baby, 6 small)")
     parser.add_argument("--rounds", type=int, default=3,
@@ -158,7 +158,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; measured matmul peak (2048^3): "
           f"fp32 {peaks['fp32'] / 1e9:,.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:,.0f} GFLOP/s")
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = prepare(args.text, Path(tmp) / "bytes", vocab_size=257, workers=1)
+        data_dir = prepare(tinyshakespeare(args.text), Path(tmp) / "bytes", vocab_size=257, workers=1)
         tokens = torch.from_numpy(np.fromfile(data_dir / "train.bin", dtype="<u2").astype(np.int64))
         header = (f"{'shape':18} {'precision':9} {'who':22} {'ms/step':>8} {'tokens/s':>9} {'MFU':>6} "
                   f"{'vs nanoGPT here':>15}")

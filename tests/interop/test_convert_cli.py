@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 TEXT = "Hello, world! The café's naïve 🤖 said:\n\n  ok"
 
 
-def test_convert_from_hf_and_back_runs_in_transformers_with_the_tokenizer(tmp_path, shared_data):
+def test_convert_from_hf_and_back_runs_in_transformers_with_the_tokenizer(tmp_path, gpt2_files):
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_positions=64, n_embd=32, n_layer=2, n_head=2)).eval()
     with torch.no_grad():  # GPT-2's init leaves near-ties between logits; larger weights make greedy decisive
@@ -19,8 +19,8 @@ def test_convert_from_hf_and_back_runs_in_transformers_with_the_tokenizer(tmp_pa
             p.mul_(8)
     hf.save_pretrained(tmp_path / "hf")
     # Hugging Face's vocab.json and merges.txt are OpenAI's encoder.json and vocab.bpe
-    shutil.copy(shared_data / "gpt2" / "encoder.json", tmp_path / "hf" / "vocab.json")
-    shutil.copy(shared_data / "gpt2" / "vocab.bpe", tmp_path / "hf" / "merges.txt")
+    shutil.copy(gpt2_files[0], tmp_path / "hf" / "vocab.json")
+    shutil.copy(gpt2_files[1], tmp_path / "hf" / "merges.txt")
 
     assert main(["convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ckpt")]) == 0
     model, tok = load_checkpoint(tmp_path / "ckpt")

@@ -48,8 +48,8 @@ def naive_merges(chunk_counts: dict[str, int], num_merges: int) -> list[tuple[in
     return merges
 
 
-def test_fast_training_equals_naive_recount(shared_data):
-    counts = count_chunks(shared_data / "the-verdict.txt", Splitter(GPT4_PATTERN), progress=False)
+def test_fast_training_equals_naive_recount(verdict_path):
+    counts = count_chunks(verdict_path, Splitter(GPT4_PATTERN), progress=False)
     assert learn_merges(counts, 300, progress=False) == naive_merges(counts, 300)
 
 
@@ -61,9 +61,9 @@ def test_fast_training_equals_naive_on_repetitive_words(chunks):
     assert learn_merges(chunks, 20, progress=False) == naive_merges(chunks, 20)
 
 
-def test_training_is_deterministic_and_lays_out_ids(shared_data):
-    a = BPETokenizer.train(shared_data / "the-verdict.txt", 400, progress=False)
-    b = BPETokenizer.train([(shared_data / "the-verdict.txt").read_text()], 400, progress=False)
+def test_training_is_deterministic_and_lays_out_ids(verdict_path):
+    a = BPETokenizer.train(verdict_path, 400, progress=False)
+    b = BPETokenizer.train([verdict_path.read_text()], 400, progress=False)
     assert a == b and a.fingerprint() == b.fingerprint()
     assert a.vocab_size == 400
     assert [t for _, _, t in a.merges] == list(range(256, 398))
@@ -146,8 +146,8 @@ def test_explain_word_replays_encoding(gpt2_tok):
     assert [new for _, new in steps] == sorted(new for _, new in steps)  # rank order
 
 
-def test_encode_batch_in_processes_equals_serial(verdict_tok, shared_data):
-    lines = (shared_data / "tinyshakespeare.txt").read_text().splitlines()[:400]
+def test_encode_batch_in_processes_equals_serial(verdict_tok, works_text):
+    lines = works_text.splitlines()[:400]
     texts = [" ".join(lines[i : i + 20]) for i in range(0, 400, 20)] + ["a<|endoftext|>"]
     expected = [verdict_tok.encode(t, allowed_special="all") for t in texts]
     assert verdict_tok.encode_batch(texts, num_workers=2, allowed_special="all", chunksize=4) == expected
@@ -193,13 +193,13 @@ def test_pair_table_lookup_equals_a_dict():
     assert table.max_probe > 0  # some keys do sit past their first slot
 
 
-def test_custom_pattern_with_empty_matches_encodes_like_plain_bpe(verdict_tok, shared_data):
+def test_custom_pattern_with_empty_matches_encodes_like_plain_bpe(verdict_tok, works_text):
     # A lookahead branch matches the empty string inside a text; such a chunk has no ids.
     import regex
 
     pattern = r"(?=[A-Z])|\w+|\W+"
     tok = BPETokenizer(verdict_tok.merges, pattern=pattern)
-    text = (shared_data / "tinyshakespeare.txt").read_text()[:20_000]
+    text = works_text[:20_000]
     assert "" in regex.findall(pattern, text)
     expected = []
     for chunk in regex.findall(pattern, text):

