@@ -17,6 +17,9 @@ $(VENV)/.runtime: $(BIN)/python pyproject.toml constraints.txt
 
 $(VENV)/.dev: $(VENV)/.runtime
 	$(PIP) -e '.[dev]'
+	# The book's own code (test oracle); its modules need only torch, numpy, matplotlib and tqdm,
+	# so its notebook dependencies (tensorflow, jupyterlab, an older numpy) are left out.
+	$(PIP) --no-deps llms-from-scratch==1.0.19
 	touch $@
 
 demo: $(VENV)/.runtime

@@ -3,7 +3,7 @@
 Layout of one checkpoint directory::
 
     model.safetensors        weights under clean names (no ``_orig_mod.`` / ``module.``)
-    config.json              {"format": ..., "version": 1, "model": GPTConfig.to_dict()}
+    config.json              {"format": ..., "version": 2, "model": GPTConfig.to_dict()}
     tokenizer/               tokenizer.save(dir), when a tokenizer is given
     optimizer.safetensors    optimizer tensors; param groups as JSON metadata   (training only)
     train_state.json         step, scheduler, RNG states, data position, ...   (training only)
@@ -11,6 +11,12 @@ Layout of one checkpoint directory::
 A run directory keeps its checkpoints in ``RUN_DIR/checkpoints/step-00000250`` and so on.
 The whole directory is written under a temporary name and renamed into place, so a crash or
 SIGKILL during a save leaves the previous checkpoints untouched and loadable.
+
+Format versions: 2 stores linear weights as ``nn.Linear`` does, (out_features, in_features);
+1 (scratchllm before the move to ``nn.Linear``) stored them (in, out) and a tied model's table
+only as the head's (d_model, vocab) weight. Version-1 weights are transposed on load, so they
+generate, evaluate and convert as before; resuming training from one is refused (its optimizer
+state has the old layout).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from scratchllm import fileio
 from scratchllm.errors import ScratchLLMError
 
 FORMAT = "scratchllm-checkpoint"
-VERSION = 1
+VERSION = 2
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -97,6 +103,11 @@ def load_checkpoint(path: str | os.PathLike, *, which: str = "newest", device: s
     return model.to(device), load_tokenizer(ckpt)
 
 
+def checkpoint_version(ckpt: Path) -> int:
+    """The format version a checkpoint was written in (see the module docstring)."""
+    return read_json(ckpt / CONFIG_FILE).get("version", 1)
+
+
 def load_model_weights(model: nn.Module, ckpt: Path) -> None:
     """Copy the weights in ``ckpt/model.safetensors`` into ``model`` (every name must match)."""
     file = ckpt / MODEL_FILE
@@ -105,7 +116,10 @@ def load_model_weights(model: nn.Module, ckpt: Path) -> None:
         tied = json.loads(_safetensors_metadata(file).get("tied", "{}"))
         for alias, name in tied.items():
             tensors[alias] = tensors[name]
-        unwrap_model(model).load_state_dict(tensors, strict=True)
+        model = unwrap_model(model)
+        if checkpoint_version(ckpt) < 2:
+            tensors = _upgrade_from_version_1(tensors, model)
+        model.load_state_dict(tensors, strict=True)
     except (RuntimeError, KeyError, json.JSONDecodeError) as err:
         raise ScratchLLMError(f"{file} does not match the model in {ckpt / CONFIG_FILE}: {err}") from None
 
@@ -124,8 +138,24 @@ def load_tokenizer(ckpt: Path) -> Any:
         raise ScratchLLMError(f"{ckpt / TOKENIZER_DIR} could not be read: {err}") from None
 
 
+def _upgrade_from_version_1(tensors: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Format-1 weights in today's layout: every linear weight transposed from (in, out), and a
+    tied model's table, stored only as the head's (d_model, vocab), given its embedding name too."""
+    linears = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    upgraded = {name: t.t().contiguous() if name in linears and t.dim() == 2 else t for name, t in tensors.items()}
+    tied = getattr(getattr(model, "config", None), "tie_embeddings", False)
+    if tied and "tok_emb.weight" not in upgraded and "out_head.weight" in upgraded:
+        upgraded["tok_emb.weight"] = upgraded["out_head.weight"]
+    return upgraded
+
+
 def load_training_state(ckpt: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore the optimizer from ``ckpt`` and return its ``train_state.json`` contents."""
+    if checkpoint_version(ckpt) < 2:
+        raise ScratchLLMError(
+            f"{ckpt} was written in checkpoint format 1 (before scratchllm's move to nn.Linear): it loads for "
+            "generate, eval and convert, but its optimizer state cannot be resumed; start a new run"
+        )
     file = ckpt / OPTIMIZER_FILE
     tensors = _read_safetensors(file)
     groups = json.loads(_safetensors_metadata(file)["param_groups"])

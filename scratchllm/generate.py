@@ -96,7 +96,7 @@ def stream(
     afterwards; the iterator ends when every row has stopped or after ``max_new_tokens``.
     """
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
-    device = model.out_head.weight.device
+    device = model.device
     ids, valid = _left_pad(idx, pad_id, device)
     ids, valid = _fit_context(model, ids, valid, max_new_tokens, crop)
     stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)

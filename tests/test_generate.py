@@ -182,7 +182,7 @@ def test_cli_streams_the_greedy_continuation_and_stops_at_endoftext(tmp_path, gp
     assert capsys.readouterr().out == prompt + tok.decode(past_context) + "\n"
 
     with torch.no_grad():  # make <|endoftext|> the likeliest next token everywhere
-        model.out_head.weight[:, eot] = model.out_head.weight[:, expected[2]] * 5
+        model.out_head.weight[eot] = model.out_head.weight[expected[2]] * 5
     save_checkpoint(tmp_path / "ckpt", model, tok)
     assert main(["generate", "--checkpoint", str(tmp_path / "ckpt"), "--prompt", prompt, "--temperature", "0"]) == 0
     out = capsys.readouterr().out

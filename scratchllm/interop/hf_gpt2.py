@@ -1,9 +1,10 @@
 """Hugging Face GPT-2 checkpoints in and out: ``config.json`` + ``model.safetensors``.
 
-GPT-2 is our GPT with learned positions, LayerNorm, GELU and biases on Q/K/V. Only the names
-differ: OpenAI's ``Conv1D`` stores a weight (in, out) as our ``Linear`` does, and ``c_attn``
-puts Q, K, V side by side just as our ``W_qkv`` does. The token table ``wte`` (vocab, d) is
-the transpose of our head's weight when the two are tied.
+GPT-2 is our GPT with learned positions, LayerNorm, GELU and biases on Q/K/V. The names differ,
+and the layout of the linear weights: OpenAI's ``Conv1D`` stores them (in, out), our
+``nn.Linear`` layers (out, in), so each is transposed here, at the boundary and nowhere else.
+``c_attn`` puts Q, K, V side by side just as our ``W_qkv`` stacks them. The token table ``wte``
+(vocab, d) is our ``tok_emb.weight`` (and, tied, our head's weight) as it is.
 
 Loading builds the model on the ``meta`` device (shapes, no memory), reads each tensor from the
 memory-mapped safetensors file and hands it to the model as its parameter, so the peak is about
@@ -36,15 +37,15 @@ _GLOBAL = [
 _BLOCK = [
     ("norm1.scale", "ln_1.weight", False),
     ("norm1.shift", "ln_1.bias", False),
-    ("att.W_qkv.weight", "attn.c_attn.weight", False),
+    ("att.W_qkv.weight", "attn.c_attn.weight", True),
     ("att.W_qkv.bias", "attn.c_attn.bias", False),
-    ("att.out_proj.weight", "attn.c_proj.weight", False),
+    ("att.out_proj.weight", "attn.c_proj.weight", True),
     ("att.out_proj.bias", "attn.c_proj.bias", False),
     ("norm2.scale", "ln_2.weight", False),
     ("norm2.shift", "ln_2.bias", False),
-    ("ff.fc_in.weight", "mlp.c_fc.weight", False),
+    ("ff.fc_in.weight", "mlp.c_fc.weight", True),
     ("ff.fc_in.bias", "mlp.c_fc.bias", False),
-    ("ff.fc_out.weight", "mlp.c_proj.weight", False),
+    ("ff.fc_out.weight", "mlp.c_proj.weight", True),
     ("ff.fc_out.bias", "mlp.c_proj.bias", False),
 ]
 # Hugging Face activation names -> our GELU form
@@ -53,10 +54,9 @@ _ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "t
 
 def name_map(config: GPTConfig) -> list[tuple[str, str, bool]]:
     """Every (ours, Hugging Face, transposed) name pair of a GPT-2 shaped config."""
-    if config.tie_embeddings:
-        pairs = [("out_head.weight", "wte.weight", True)]
-    else:
-        pairs = [("tok_emb.weight", "wte.weight", False), ("out_head.weight", "lm_head.weight", True)]
+    pairs = [("tok_emb.weight", "wte.weight", False)]
+    if not config.tie_embeddings:
+        pairs.append(("out_head.weight", "lm_head.weight", False))
     pairs += _GLOBAL
     for i in range(config.n_layers):
         pairs += [(f"trf_blocks.{i}.{ours}", f"h.{i}.{theirs}", t) for ours, theirs, t in _BLOCK]
@@ -167,7 +167,10 @@ def load_hf_gpt2(directory: str | os.PathLike, dtype: torch.dtype | None = None)
                 )
             # one owned copy, in the layout and dtype we want, read from the mapped file
             state[ours] = torch.empty(want, dtype=dtype or tensor.dtype).copy_(tensor)
+    if config.tie_embeddings:
+        state["out_head.weight"] = state["tok_emb.weight"]
     model.load_state_dict(state, assign=True)
+    model.tie_weights()  # assign=True gave each name its own Parameter
     return model.eval()
 
 
@@ -184,7 +187,7 @@ def save_hf_gpt2(model: GPT, directory: str | os.PathLike, tokenizer=None) -> Pa
     for ours, theirs, transposed in name_map(config):
         if ours not in state:  # a bias the model does not have: zeros, sized like its weight's output
             weight = state[ours.replace(".bias", ".weight").replace(".shift", ".scale")]
-            tensor = torch.zeros(weight.shape[-1], dtype=weight.dtype)
+            tensor = torch.zeros(weight.shape[0], dtype=weight.dtype)
         else:
             tensor = state[ours].detach()
         tensors[theirs] = (tensor.t() if transposed else tensor).contiguous().cpu()

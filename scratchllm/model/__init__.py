@@ -1,6 +1,8 @@
-"""The GPT of the book, one idea per module: config, layers, positions, attention, gpt."""
+"""The GPT of the book, one idea per module: config, registry, layers, positions, attention, gqa, gpt
+(and teaching: the chapter-3 attention, for learning)."""
 
 from scratchllm.model.config import GPTConfig
-from scratchllm.model.gpt import GPT
+from scratchllm.model.gpt import GPT, TransformerBlock
+from scratchllm.model.registry import register
 
-__all__ = ["GPT", "GPTConfig"]
+__all__ = ["GPT", "GPTConfig", "TransformerBlock", "register"]

@@ -5,16 +5,16 @@ For queries Q, keys K and values V (each x times a learned matrix),
     Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k) + M) V,     M[i, j] = -inf where j > i
 
 and multi-head attention runs n_heads of these on d_model/n_heads-wide slices, concatenates the
-heads and mixes them with an output projection. Three versions live here:
+heads and mixes them with an output projection. Here:
 
-- ``CausalAttention`` and ``MultiHeadAttentionWrapper``: the book's teaching version, one module
-  per head, heads run one after the other and concatenated.
-- ``MultiHeadAttention``: the efficient one the GPT uses: one matmul projects Q, K and V for all
-  heads, the heads are a tensor dimension, and the core runs either the hand-written masked
-  softmax (``explicit=True``) or torch's fused ``scaled_dot_product_attention``.
-- ``KVCache``: keys and values of past tokens, preallocated, so generation computes only the
-  new token's projections each step.
+- ``MultiHeadAttention`` (the part ``"multihead"``): the efficient one the GPT uses: one matmul
+  projects Q, K and V for all heads, the heads are a tensor dimension, and the core runs either
+  the hand-written masked softmax (``explicit=True``) or torch's fused ``scaled_dot_product_attention``.
+- ``KVCache``: keys and values of past tokens, preallocated per layer, so generation computes
+  only the new tokens' projections each step. Each attention layer makes its own slot
+  (``new_cache``), so a layer that keeps fewer heads (``gqa.py``) or a window stores just that.
 
+The book's teaching versions (one module per head) are in ``teaching.py``;
 tests/model/test_attention.py proves all of them compute the same function.
 """
 
@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.model.config import GPTConfig
-from scratchllm.model.layers import Linear
 from scratchllm.model.positions import apply_rope
+from scratchllm.model.registry import register
 
 
 def causal_mask(n_queries: int, n_keys: int, device: torch.device | None = None) -> torch.Tensor:
@@ -60,93 +60,93 @@ def masked_softmax_attention(
     return weights @ v, weights
 
 
-class CausalAttention(nn.Module):
-    """One attention head, as the book's chapter 3 builds it."""
+class LayerKV:
+    """One layer's keys and values, preallocated: k and v are (B, heads, max_len, head_dim)."""
 
-    def __init__(self, d_in: int, d_out: int, dropout: float = 0.0, qkv_bias: bool = False) -> None:
-        super().__init__()
-        self.W_query = Linear(d_in, d_out, bias=qkv_bias)
-        self.W_key = Linear(d_in, d_out, bias=qkv_bias)
-        self.W_value = Linear(d_in, d_out, bias=qkv_bias)
-        self.dropout = nn.Dropout(dropout)
+    def __init__(self, batch_size: int, n_heads: int, max_len: int, head_dim: int, device=None, dtype=None) -> None:
+        self.k = torch.empty(batch_size, n_heads, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.empty_like(self.k)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (B, T, d_in)
-        q, k, v = self.W_query(x), self.W_key(x), self.W_value(x)  # each (B, T, d_out)
-        return masked_softmax_attention(q, k, v, None, self.dropout)[0]
-
-
-class MultiHeadAttentionWrapper(nn.Module):
-    """The book's first multi-head attention: independent heads, outputs concatenated, then the
-    output projection that mixes them (which ``MultiHeadAttention`` also applies)."""
-
-    def __init__(self, d_in: int, d_out: int, n_heads: int, dropout: float = 0.0, qkv_bias: bool = False) -> None:
-        super().__init__()
-        self.heads = nn.ModuleList(CausalAttention(d_in, d_out // n_heads, dropout, qkv_bias) for _ in range(n_heads))
-        self.out_proj = Linear(d_out, d_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(torch.cat([head(x) for head in self.heads], dim=-1))
+    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, heads, T, hd) at [start, start + T); return all keys and values so far."""
+        end = start + k.shape[2]
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 class KVCache:
-    """Keys and values of every layer, preallocated for ``max_len`` positions.
+    """Keys and values of every layer (one ``LayerKV`` each, made by that layer's attention).
 
     ``length`` positions are filled; the model writes the new tokens' keys and values at
     [length, length + T) in each layer and then advances ``length`` once.
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device=None, dtype=None) -> None:
-        shape = (config.n_layers, batch_size, config.n_heads, max_len, config.head_dim)
-        self.k = torch.empty(shape, device=device, dtype=dtype)
-        self.v = torch.empty(shape, device=device, dtype=dtype)
+    def __init__(self, layers: list[LayerKV]) -> None:
+        self.layers = layers
         self.length = 0
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self.layers[0].k.shape[2]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, H, T, hd) after the filled positions; return all keys and values so far."""
-        end = self.length + k.shape[2]
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        """Store k, v (B, heads, T, hd) after the filled positions; return all keys and values so far."""
+        return self.layers[layer].update(self.length, k, v)
 
 
+@register("attention", "multihead")
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention with all heads in one tensor.
 
-    ``W_qkv`` is the book's W_query, W_key and W_value side by side in one Linear (columns
-    [0, d), [d, 2d), [2d, 3d) of its (d_in, 3 d) weight), so one matmul computes all three; the
-    properties ``W_query``, ``W_key``, ``W_value`` give those slices of the weight. Head h
-    uses columns [h hd, (h+1) hd) of each.
+    ``W_qkv`` is the book's W_query, W_key and W_value stacked in one ``nn.Linear`` (rows
+    [0, d), [d, 2d), [2d, 3d) of its (3 d, d_in) weight), so one matmul computes all three; the
+    properties ``W_query``, ``W_key``, ``W_value`` give those (d_out, d_in) blocks, the weights of
+    the book's ``nn.Linear`` layers. Head h uses rows [h hd, (h+1) hd) of each.
 
     Set ``store_attention = True`` to keep the last attention weights (B, H, T, L) in
     ``last_attention`` (this forces the explicit path, as the fused kernel never forms them).
     """
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, layer_index: int = 0) -> None:
         super().__init__()
         self.d_model, self.n_heads, self.head_dim = config.d_model, config.n_heads, config.head_dim
-        self.W_qkv = Linear(config.d_model, 3 * config.d_model, bias=config.qkv_bias)
-        self.out_proj = Linear(config.d_model, config.d_model, bias=config.bias)
+        self.W_qkv = nn.Linear(config.d_model, self.qkv_width(config), bias=config.qkv_bias)
+        self.out_proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
         self.dropout_p = config.dropout
         self.dropout = nn.Dropout(config.dropout)
         self.explicit = False
         self.store_attention = False
         self.last_attention: torch.Tensor | None = None
 
+    def qkv_width(self, config: GPTConfig) -> int:
+        """Output features of ``W_qkv``: queries, keys and values of every head."""
+        return 3 * config.d_model
+
     @property
     def W_query(self) -> torch.Tensor:
-        return self.W_qkv.weight[:, : self.d_model]  # (d_in, d_out)
+        return self.W_qkv.weight[: self.d_model]  # (d_out, d_in)
 
     @property
     def W_key(self) -> torch.Tensor:
-        return self.W_qkv.weight[:, self.d_model : 2 * self.d_model]
+        return self.W_qkv.weight[self.d_model : 2 * self.d_model]
 
     @property
     def W_value(self) -> torch.Tensor:
-        return self.W_qkv.weight[:, 2 * self.d_model :]
+        return self.W_qkv.weight[2 * self.d_model :]
+
+    def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> LayerKV:
+        """This layer's slot in a ``KVCache``: every head's keys and values."""
+        return LayerKV(batch_size, self.n_heads, max_len, self.head_dim, device, dtype)
+
+    @property
+    def cache_values_per_token(self) -> int:
+        """Numbers a cache stores per token for this layer (a key and a value per head)."""
+        return 2 * self.n_heads * self.head_dim
+
+    def residual_projections(self) -> list[nn.Linear]:
+        """The layers that write into the residual stream (GPT-2 scales their init)."""
+        return [self.out_proj]
 
     def forward(
         self,
@@ -168,18 +168,27 @@ class MultiHeadAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, H, L, hd), L = past + T
+        y = self.attend(q, k, v, mask)
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, d))  # heads side by side, then mixed
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+               enable_gqa: bool = False) -> torch.Tensor:
+        """The attention core on (B, H, T, hd) queries and (B, H_kv, L, hd) keys and values."""
         # Under bf16 autocast on a CPU the formula written out is the fastest way: torch's flash
         # kernel has a slow bf16 backward there and its math fallback adds NaN guards (benchmarks/train.py).
-        cpu_autocast = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        cpu_autocast = q.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        T = q.shape[2]
         if self.explicit or self.store_attention or cpu_autocast:
             if mask is None and T == 1:
-                mask = torch.ones(1, k.shape[2], dtype=torch.bool, device=x.device)
+                mask = torch.ones(1, k.shape[2], dtype=torch.bool, device=q.device)
+            if enable_gqa:  # each group of query heads reads its one key/value head
+                group = q.shape[1] // k.shape[1]
+                k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
             y, weights = masked_softmax_attention(q, k, v, mask, self.dropout)
             if self.store_attention:
                 self.last_attention = weights.detach()
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0,
-                is_causal=mask is None and T > 1,
-            )
-        return self.out_proj(y.transpose(1, 2).reshape(B, T, d))  # heads side by side, then mixed
+            return y
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0,
+            is_causal=mask is None and T > 1, enable_gqa=enable_gqa,
+        )

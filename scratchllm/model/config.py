@@ -13,14 +13,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from scratchllm.errors import ScratchLLMError, did_you_mean
+from scratchllm.model import registry
 
+# Settings that are options of a part rather than parts; parts' names come from the registry.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "pos_encoding": ("learned", "sinusoidal", "rope", "none"),
-    "norm": ("layernorm", "rmsnorm"),
-    "ffn": ("gelu", "swiglu"),
     "gelu": ("tanh", "exact"),
     "impl": ("fused", "explicit"),
 }
+# field -> kind of part in the registry; "attention", "ffn" and "block" may also be a list of
+# names, one per layer, repeated over the stack (["sliding", "sliding", "sliding", "multihead"])
+PART_FIELDS: dict[str, str] = {
+    "attention": "attention",
+    "ffn": "ffn",
+    "block": "block",
+    "norm": "norm",
+    "pos_encoding": "position",
+}
+PER_LAYER = ("attention", "ffn", "block")
 
 
 @dataclass
@@ -46,19 +55,36 @@ class GPTConfig:
     bias: bool = True  # biases of the other linear layers and LayerNorm's shift (GPT-2); nanoGPT drops them
     pos_encoding: str = "learned"
     norm: str = "layernorm"
-    ffn: str = "gelu"
+    attention: str | list[str] = "multihead"
+    ffn: str | list[str] = "gelu"
+    block: str | list[str] = "pre_norm"
     gelu: str = "tanh"  # GPT-2's tanh approximation, or the exact erf form (nanoGPT; ~3x faster on CPUs)
     tie_embeddings: bool = False
     impl: str = "fused"
     ffn_hidden: int | None = None  # None: 4*d_model for gelu, about 8/3*d_model for swiglu
     norm_eps: float = 1e-5
     rope_base: float = 10000.0
+    n_kv_heads: int | None = None  # grouped-query attention: heads of keys and values (None: n_heads)
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:
                 raise ScratchLLMError(f"{name}={value!r} is not one of {', '.join(allowed)}{_hint(value, allowed)}")
+        for name, kind in PART_FIELDS.items():
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                value = list(value)
+                setattr(self, name, value)
+            if isinstance(value, list) and (name not in PER_LAYER or not value):
+                raise ScratchLLMError(f"{name} must be one name" + (" or a non-empty list of names, one per layer"
+                                                                     if name in PER_LAYER else f", got {value!r}"))
+            for part in value if isinstance(value, list) else [value]:
+                if not isinstance(part, str):
+                    raise ScratchLLMError(f"{name} must name a {registry.KINDS[kind]}, got {part!r}")
+                if part not in registry.names(kind):
+                    raise ScratchLLMError(f"{name}={part!r} is not one of {', '.join(registry.names(kind))}"
+                                          f"{_hint(part, registry.names(kind))}")
         for name in ("vocab_size", "context_length", "d_model", "n_heads", "n_layers"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -68,14 +94,23 @@ class GPTConfig:
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
                 f"pick n_heads among {_divisors(self.d_model)}"
             )
-        if self.pos_encoding == "rope" and self.head_dim % 2:
-            raise ScratchLLMError(f"rope needs an even head size, got d_model/n_heads={self.head_dim}")
-        if self.pos_encoding == "sinusoidal" and self.d_model % 2:
-            raise ScratchLLMError(f"sinusoidal positions need an even d_model, got {self.d_model}")
         if not 0.0 <= self.dropout < 1.0:
             raise ScratchLLMError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.ffn_hidden is not None and self.ffn_hidden < 1:
             raise ScratchLLMError(f"ffn_hidden must be a positive integer or null, got {self.ffn_hidden}")
+        for name, kind in PART_FIELDS.items():  # each part's own rules
+            value = getattr(self, name)
+            for part in dict.fromkeys(value if isinstance(value, list) else [value]):
+                registry.check(kind, part, self)
+
+    def part(self, name: str, layer: int) -> str:
+        """The part ``name`` ("attention", "ffn", "block") of layer ``layer``: a per-layer list repeats.
+
+        >>> GPTConfig(n_layers=4, attention=["multihead", "grouped_query"], n_kv_heads=4).part("attention", 3)
+        'grouped_query'
+        """
+        value = getattr(self, name)
+        return value[layer % len(value)] if isinstance(value, list) else value
 
     @property
     def head_dim(self) -> int:
@@ -83,12 +118,17 @@ class GPTConfig:
 
     @property
     def hidden_dim(self) -> int:
-        """Width of the feed-forward layer; SwiGLU's default keeps the parameter count of 4*d GELU."""
+        """Width of the (first layer's) feed-forward layer."""
+        return self.ffn_hidden_dim(self.part("ffn", 0))
+
+    def ffn_hidden_dim(self, kind: str) -> int:
+        """Width of a feed-forward layer of ``kind``: ``ffn_hidden``, else 4*d_model for GELU and
+        about 8/3*d_model for SwiGLU, which keeps the parameter count of the 4*d GELU."""
         if self.ffn_hidden is not None:
             return self.ffn_hidden
-        if self.ffn == "gelu":
-            return 4 * self.d_model
-        return 64 * math.ceil(8 * self.d_model / 3 / 64)
+        if kind == "swiglu":
+            return 64 * math.ceil(8 * self.d_model / 3 / 64)
+        return 4 * self.d_model
 
     # -- presets and (de)serialisation ------------------------------------------------------
 

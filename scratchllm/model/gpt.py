@@ -5,9 +5,12 @@ linear head that turns each position's final vector into next-token logits.
     x_l = x_{l-1} + Attention(Norm(x_{l-1}));  x_l = x_l + FeedForward(Norm(x_l))   (pre-norm)
     logits = out_head(final_norm(x_L))
 
-With ``tie_embeddings`` the head and the token embedding are one matrix (GPT-2, and the
-weight-tying section of the book): it is stored once, as the head's (d_model, vocab) weight, and
-a token's embedding is its column.
+With ``tie_embeddings`` the head and the token embedding are one (vocab, d_model) matrix (GPT-2,
+and the weight-tying section of the book): ``out_head.weight`` is ``tok_emb.weight``, as in
+nanoGPT, so replacing the head leaves the token table as it was.
+
+Every layer is looked up by name in ``registry`` (attention, feed-forward, norm, position
+encoding, block), per layer where the config gives a list, so a new part needs no new model class.
 """
 
 from __future__ import annotations
@@ -16,30 +19,39 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.model.attention import KVCache, MultiHeadAttention, causal_mask
+from scratchllm.model import registry
+from scratchllm.model.attention import KVCache, causal_mask
 from scratchllm.model.config import CHOICES, GPTConfig
-from scratchllm.model.layers import FeedForward, Linear, make_norm
-from scratchllm.model.positions import rope_cos_sin, sinusoidal_encoding
+from scratchllm.model.registry import register
 
 
+@register("block", "pre_norm")
 class TransformerBlock(nn.Module):
     """Pre-norm residual block: attention then feed-forward, each added to the stream."""
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, layer_index: int = 0) -> None:
         super().__init__()
-        self.norm1 = make_norm(config)
-        self.att = MultiHeadAttention(config)
-        self.norm2 = make_norm(config)
-        self.ff = FeedForward(config)
+        self.norm1 = registry.build("norm", config.norm, config, layer_index)
+        self.att = registry.build("attention", config.part("attention", layer_index), config, layer_index)
+        self.norm2 = registry.build("norm", config.norm, config, layer_index)
+        self.ff = registry.build("ffn", config.part("ffn", layer_index), config, layer_index)
         self.drop_shortcut = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, rope=None, mask=None, cache: KVCache | None = None, layer: int = 0):
         x = x + self.drop_shortcut(self.att(self.norm1(x), rope, mask, cache, layer))
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
+
+    @property
+    def attention(self) -> nn.Module:
+        """The block's attention layer (inspection, the tour, caches)."""
+        return self.att
+
+    def residual_projections(self) -> list[nn.Linear]:
+        """The linear layers that write into the residual stream (GPT-2 scales their init)."""
+        return [*self.att.residual_projections(), *self.ff.residual_projections()]
 
 
 class GPT(nn.Module):
@@ -53,33 +65,51 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        # tied: no table of its own, tokens are looked up in the head's weight (token_embeddings)
-        self.tok_emb = None if config.tie_embeddings else nn.Embedding(config.vocab_size, config.d_model)
-        self.pos_emb = nn.Embedding(config.context_length, config.d_model) if config.pos_encoding == "learned" else None
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_emb = registry.build("position", config.pos_encoding, config)
         self.drop_emb = nn.Dropout(config.dropout)
-        self.trf_blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
-        self.final_norm = make_norm(config)
-        self.out_head = Linear(config.d_model, config.vocab_size, bias=False)
-        self._init_weights()
+        self.trf_blocks = nn.ModuleList(
+            registry.build("block", config.part("block", i), config, i) for i in range(config.n_layers)
+        )
+        self.final_norm = registry.build("norm", config.norm, config)
+        self.out_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.tie_weights()
+        self.init_weights()
         self.set_impl(config.impl)
 
-    def _init_weights(self) -> None:
+    def tie_weights(self) -> None:
+        """With ``tie_embeddings``, make the head's weight the token table: one (vocab, d_model)
+        matrix, two uses. (Again after anything that replaces parameters, such as loading with assign.)"""
+        if self.config.tie_embeddings:
+            self.out_head.weight = self.tok_emb.weight
+
+    def init_weights(self) -> None:
         """GPT-2's init: N(0, 0.02) weights, zero biases, and the projections that write into the
         residual stream scaled by 1/sqrt(2 n_layers), so the stream's variance does not grow
-        with depth."""
+        with depth. Norms keep their ones and zeros."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
-        for name, p in self.named_parameters():
-            if name.endswith(("out_proj.weight", "fc_out.weight")):
-                nn.init.normal_(p, mean=0.0, std=residual_std)
-            elif name.endswith("weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02)
-            elif name.endswith("bias"):
-                nn.init.zeros_(p)
+        for block in self.trf_blocks:
+            for linear in block.residual_projections():
+                nn.init.normal_(linear.weight, mean=0.0, std=residual_std)
 
     @property
     def token_embeddings(self) -> torch.Tensor:
-        """The (vocab, d_model) table of token vectors (a view of the head's weight when tied)."""
-        return self.out_head.weight.t() if self.tok_emb is None else self.tok_emb.weight
+        """The (vocab, d_model) table of token vectors (the head's weight too, when tied)."""
+        return self.tok_emb.weight
+
+    @property
+    def max_positions(self) -> int | None:
+        """How many positions the model can read (learned positions stop there); None: any."""
+        return self.pos_emb.max_positions
+
+    @property
+    def device(self) -> torch.device:
+        return self.tok_emb.weight.device
 
     def set_impl(self, impl: str) -> None:
         """Switch every layer between torch's fused kernels ("fused") and the hand-written
@@ -112,28 +142,21 @@ class GPT(nn.Module):
         """
         B, T = idx.shape
         start = cache.length if cache is not None else 0
-        cfg = self.config
-        if cfg.pos_encoding == "learned" and start + T > cfg.context_length:
+        limit = self.max_positions
+        if limit is not None and start + T > limit:
             raise ScratchLLMError(
-                f"{start + T} tokens exceed this model's context_length of {cfg.context_length} "
-                f"(learned positions stop there); crop the input to its last {cfg.context_length} tokens"
+                f"{start + T} tokens exceed this model's context_length of {limit} "
+                f"(learned positions stop there); crop the input to its last {limit} tokens"
             )
         if cache is not None and start + T > cache.max_len:
             raise ScratchLLMError(f"the KV cache holds {cache.max_len} positions, {start + T} were asked for")
         if mask is None and start > 0 and T > 1:
             mask = causal_mask(T, start + T, idx.device)
 
-        x = F.embedding(idx, self.token_embeddings)  # (B, T, d_model)
-        rope = None
-        if cfg.pos_encoding != "none":
-            if positions is None:
-                positions = torch.arange(start, start + T, device=idx.device)
-            if cfg.pos_encoding == "learned":
-                x = x + self.pos_emb(positions)
-            elif cfg.pos_encoding == "sinusoidal":
-                x = x + sinusoidal_encoding(positions, cfg.d_model).to(x.dtype)
-            else:
-                rope = rope_cos_sin(positions, cfg.head_dim, cfg.rope_base)
+        if positions is None:
+            positions = torch.arange(start, start + T, device=idx.device)
+        x = self.pos_emb.add_to(self.tok_emb(idx), positions)  # (B, T, d_model)
+        rope = self.pos_emb.rotation(positions)
         x = self.drop_emb(x)
         if record is not None:
             record["embeddings"] = x.detach()
@@ -155,7 +178,7 @@ class GPT(nn.Module):
         embeddings (B, T, d), residual: per block (B, T, d), attention: per block the weights
         (B, H, T, T) (row i = how much token i reads from each token), logits (B, T, vocab).
         """
-        attns = [block.att for block in self.trf_blocks]
+        attns = [block.attention for block in self.trf_blocks]
         record: dict[str, Any] = {}
         for att in attns:
             att.store_attention = True
@@ -170,7 +193,8 @@ class GPT(nn.Module):
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty KV cache for ``batch_size`` sequences of up to ``max_len`` positions."""
         p = self.out_head.weight
-        return KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)
+        return KVCache([block.attention.new_cache(batch_size, max_len, p.device, p.dtype)
+                        for block in self.trf_blocks])
 
     # -- sizes ------------------------------------------------------------------------------
 
@@ -180,13 +204,12 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.token_embeddings.numel()
-            if self.pos_emb is not None:
-                n -= self.pos_emb.weight.numel()
+            n -= sum(p.numel() for p in self.pos_emb.parameters())
         return n
 
     def matmul_params(self) -> int:
         """Weights each token is multiplied by on its way through (every Linear, the head too)."""
-        return sum(m.weight.numel() for m in self.modules() if isinstance(m, Linear))
+        return sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
 
     def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> int:
         """FLOPs to process one token at context ``seq_len`` (default context_length):
@@ -209,6 +232,7 @@ class GPT(nn.Module):
         return {
             "weights": weights,
             "training_state": 4 * weights,
-            "kv_cache": 2 * cfg.n_layers * batch_size * T * cfg.d_model * bytes_per_value,
+            "kv_cache": sum(b.attention.cache_values_per_token for b in self.trf_blocks) * batch_size * T
+            * bytes_per_value,
             "activations": int(cfg.n_layers * per_layer_acts * bytes_per_value),
         }

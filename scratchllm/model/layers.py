@@ -1,4 +1,8 @@
-"""The small layers of a transformer block: linear maps, normalisation, activation, feed-forward.
+"""The small layers of a transformer block: normalisation, activation, feed-forward.
+
+Linear maps are torch's own ``nn.Linear`` (weight stored (out_features, in_features)), as in
+nanoGPT and the book, so that the ecosystem's tools (PEFT's LoRA, torch.ao quantization, FSDP)
+apply to this model unchanged.
 
 Each normalisation and activation is written by hand (``explicit=True`` runs the formula below) and also runs through
 torch's single fused kernel for the same formula (the default, fewer and faster kernels);
@@ -14,29 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.model.config import GPTConfig
-
-
-class Linear(nn.Module):
-    """y = x W + b, with W stored (in_features, out_features).
-
-    This is how the book's chapter 3 writes attention (``x @ W_query``) and how GPT-2 stored
-    its weights; ``nn.Linear`` stores the transpose. The layout matters for speed: generating
-    one token multiplies a single vector by every matrix, and MKL's matrix-vector product reads
-    an (in, out) matrix at full memory bandwidth but an (out, in) one at about half of it on
-    our CPUs (benchmarks/generate.py).
-    """
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(in_features, out_features))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        nn.init.normal_(self.weight, std=in_features**-0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bias is None:
-            return x @ self.weight
-        flat = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)  # one fused kernel
-        return flat.view(*x.shape[:-1], flat.shape[-1])
+from scratchllm.model.registry import register
 
 
 class LayerNorm(nn.Module):
@@ -103,17 +85,18 @@ class FeedForward(nn.Module):
     """Position-wise MLP: d_model -> hidden -> d_model.
 
     gelu:   fc_out(GELU(fc_in(x)))                       (GPT-2, the book)
-    swiglu: fc_out(SiLU(x W_gate) * (x W_up))            (Llama); fc_in holds [W_gate | W_up]
+    swiglu: fc_out(SiLU(x W_gate) * (x W_up))            (Llama); fc_in holds [W_gate; W_up]
     so that one matmul computes both halves.
     """
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, kind: str | None = None) -> None:
         super().__init__()
-        self.swiglu = config.ffn == "swiglu"
-        hidden = config.hidden_dim
-        self.fc_in = Linear(config.d_model, 2 * hidden if self.swiglu else hidden, bias=config.bias)
+        kind = kind or config.part("ffn", 0)
+        self.swiglu = kind == "swiglu"
+        hidden = config.ffn_hidden_dim(kind)
+        self.fc_in = nn.Linear(config.d_model, 2 * hidden if self.swiglu else hidden, bias=config.bias)
         self.activation = GELU(config.gelu)
-        self.fc_out = Linear(hidden, config.d_model, bias=config.bias)
+        self.fc_out = nn.Linear(hidden, config.d_model, bias=config.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc_in(x)  # (B, T, hidden) or (B, T, 2*hidden)
@@ -123,6 +106,20 @@ class FeedForward(nn.Module):
         else:
             h = self.activation(h)
         return self.fc_out(h)
+
+    def residual_projections(self) -> list[nn.Linear]:
+        """The layers that write into the residual stream (GPT-2 scales their init)."""
+        return [self.fc_out]
+
+
+@register("ffn", "gelu")
+def gelu_feed_forward(config: GPTConfig, layer_index: int) -> FeedForward:
+    return FeedForward(config, "gelu")
+
+
+@register("ffn", "swiglu")
+def swiglu_feed_forward(config: GPTConfig, layer_index: int) -> FeedForward:
+    return FeedForward(config, "swiglu")
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor, explicit: bool = False) -> torch.Tensor:
@@ -136,8 +133,11 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor, explicit: bool = False) -> torc
     return F.silu(gate) * up
 
 
-def make_norm(config: GPTConfig) -> nn.Module:
-    """The normalisation layer the config asks for."""
-    if config.norm == "rmsnorm":
-        return RMSNorm(config.d_model, config.norm_eps)
+@register("norm", "layernorm")
+def layer_norm(config: GPTConfig, layer_index: int) -> LayerNorm:
     return LayerNorm(config.d_model, config.norm_eps, bias=config.bias)
+
+
+@register("norm", "rmsnorm")
+def rms_norm(config: GPTConfig, layer_index: int) -> RMSNorm:
+    return RMSNorm(config.d_model, config.norm_eps)

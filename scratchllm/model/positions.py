@@ -11,12 +11,18 @@ Attention by itself is blind to order, so position enters in one of three ways:
   defined for any p.
 
 ``positions`` is a tensor of absolute positions, (T,) or (B, T) (left-padded batches give each
-row its own positions).
+row its own positions). Each encoding is also a registered part (``PositionEncoding``): it may
+add a vector to the token embeddings (``add_to``) and/or give attention its rotation (``rotation``).
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.model.config import GPTConfig
+from scratchllm.model.registry import register
 
 
 def inverse_frequencies(dim: int, base: float = 10000.0, device: torch.device | None = None) -> torch.Tensor:
@@ -59,3 +65,64 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+class PositionEncoding(nn.Module):
+    """What a position encoding does to the GPT; this base does nothing (the ``none`` encoding)."""
+
+    max_positions: int | None = None  # the last position + 1 it can encode; None: any
+
+    def add_to(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x (B, T, d_model) with each position's vector added."""
+        return x
+
+    def rotation(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(cos, sin) that attention rotates queries and keys by, or None."""
+        return None
+
+
+@register("position", "none")
+def no_positions(config: GPTConfig, layer_index: int) -> PositionEncoding:
+    return PositionEncoding()
+
+
+@register("position", "learned")
+class LearnedPositions(nn.Embedding, PositionEncoding):
+    """A trainable vector per position 0..context_length-1 (its table is ``weight``)."""
+
+    def __init__(self, config: GPTConfig, layer_index: int = 0) -> None:
+        super().__init__(config.context_length, config.d_model)
+        self.max_positions = config.context_length
+
+    def add_to(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return x + self(positions)
+
+
+@register("position", "sinusoidal")
+class SinusoidalPositions(PositionEncoding):
+    def __init__(self, config: GPTConfig, layer_index: int = 0) -> None:
+        super().__init__()
+        self.d_model = config.d_model
+
+    def add_to(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return x + sinusoidal_encoding(positions, self.d_model).to(x.dtype)
+
+    @classmethod
+    def check_config(cls, config: GPTConfig) -> None:
+        if config.d_model % 2:
+            raise ScratchLLMError(f"sinusoidal positions need an even d_model, got {config.d_model}")
+
+
+@register("position", "rope")
+class RotaryPositions(PositionEncoding):
+    def __init__(self, config: GPTConfig, layer_index: int = 0) -> None:
+        super().__init__()
+        self.head_dim, self.base = config.head_dim, config.rope_base
+
+    def rotation(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return rope_cos_sin(positions, self.head_dim, self.base)
+
+    @classmethod
+    def check_config(cls, config: GPTConfig) -> None:
+        if config.head_dim % 2:
+            raise ScratchLLMError(f"rope needs an even head size, got d_model/n_heads={config.head_dim}")

@@ -3,8 +3,9 @@ import torch
 import torch.nn.functional as F
 
 import scratchllm.model.attention as attention_module
-from scratchllm.model.attention import MultiHeadAttention, MultiHeadAttentionWrapper, masked_softmax_attention
+from scratchllm.model.attention import MultiHeadAttention, masked_softmax_attention
 from scratchllm.model.config import GPTConfig
+from scratchllm.model.teaching import MultiHeadAttentionWrapper
 
 
 def test_explicit_attention_equals_sdpa_outputs_and_gradients():
@@ -65,10 +66,10 @@ def test_book_wrapper_of_single_heads_computes_the_same_function():
     with torch.no_grad():
         for h, head in enumerate(wrapper.heads):
             for j, name in enumerate(["W_query", "W_key", "W_value"]):
-                weight = getattr(att, name)  # the slice of the fused W_qkv
-                cols = slice(h * hd, (h + 1) * hd)
-                getattr(head, name).weight.copy_(weight[:, cols])
-                getattr(head, name).bias.copy_(att.W_qkv.bias[j * cfg.d_model :][cols])
+                weight = getattr(att, name)  # the (d_out, d_in) block of the fused W_qkv
+                rows = slice(h * hd, (h + 1) * hd)
+                getattr(head, name).weight.copy_(weight[rows])
+                getattr(head, name).bias.copy_(att.W_qkv.bias[j * cfg.d_model :][rows])
         wrapper.out_proj.load_state_dict(att.out_proj.state_dict())
     x = torch.randn(2, 11, cfg.d_model)
     torch.testing.assert_close(wrapper(x), att(x))

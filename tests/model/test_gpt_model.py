@@ -36,11 +36,26 @@ def test_gpt2_init_scales_residual_projections():
 
 def test_tied_embeddings_are_one_matrix():
     model = GPT(GPTConfig.preset("tiny", tie_embeddings=True))
-    assert model.tok_emb is None
+    assert model.out_head.weight is model.tok_emb.weight is model.token_embeddings
+    assert model.num_params() == GPT(GPTConfig.preset("tiny")).num_params() - 512 * 64
     idx = torch.tensor([[3, 7]])
-    torch.testing.assert_close(model.token_embeddings[[3, 7]], model.out_head.weight[:, [3, 7]].T)
     model(idx).sum().backward()
-    assert model.out_head.weight.grad[:, 3].abs().sum() > 0
+    assert model.tok_emb.weight.grad[3].abs().sum() > 0  # the head's gradient reaches every row
+    assert model.tok_emb.weight.grad[100].abs().sum() > 0
+
+
+@pytest.mark.parametrize("overrides", [*VARIANTS, dict(attention="grouped_query", n_kv_heads=2, ffn="swiglu")])
+def test_every_linear_map_is_a_torch_linear(overrides):
+    model = GPT(GPTConfig.preset("tiny", **overrides))
+    linears = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    expected = {"out_head"} | {f"trf_blocks.{i}.{n}" for i in range(2)
+                               for n in ("att.W_qkv", "att.out_proj", "ff.fc_in", "ff.fc_out")}
+    assert linears == expected
+    for name, param in model.named_parameters():  # nothing else holds a matrix that multiplies x
+        if param.dim() == 2:
+            assert name.removesuffix(".weight") in linears | {"tok_emb", "pos_emb"}, name
+    fc_in = model.trf_blocks[0].ff.fc_in
+    assert fc_in.weight.shape == (fc_in.out_features, fc_in.in_features)  # (out, in), as torch lays it out
 
 
 @pytest.mark.parametrize("pos", ["sinusoidal", "rope", "none"])

@@ -1,0 +1,73 @@
+"""The book's own code (PyPI ``llms-from-scratch``, chapters 4 and 5) as the oracle for our GPT.
+
+Its ``GPTModel`` with our weights gives our logits, and its ``generate`` our tokens, for the
+shape the book builds: learned positions, LayerNorm, GELU (tanh), separate W_query/W_key/W_value.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scratchllm.generate import generate
+from scratchllm.model import GPT, GPTConfig
+
+ch04 = pytest.importorskip("llms_from_scratch.ch04")
+ch05 = pytest.importorskip("llms_from_scratch.ch05")
+
+
+def book_copy(model: GPT) -> torch.nn.Module:
+    """The book's GPTModel holding ``model``'s weights, name by name."""
+    cfg = model.config
+    book = ch04.GPTModel({"vocab_size": cfg.vocab_size, "context_length": cfg.context_length, "emb_dim": cfg.d_model,
+                          "n_heads": cfg.n_heads, "n_layers": cfg.n_layers, "drop_rate": 0.0, "qkv_bias": cfg.qkv_bias})
+    d = cfg.d_model
+    state = {"tok_emb.weight": model.tok_emb.weight, "pos_emb.weight": model.pos_emb.weight,
+             "final_norm.scale": model.final_norm.scale, "final_norm.shift": model.final_norm.shift,
+             "out_head.weight": model.out_head.weight}
+    for i, block in enumerate(model.trf_blocks):
+        ours = f"trf_blocks.{i}."
+        att = block.att
+        for j, name in enumerate(("W_query", "W_key", "W_value")):
+            state[f"{ours}att.{name}.weight"] = getattr(att, name)  # (d_out, d_in), nn.Linear's layout
+            if cfg.qkv_bias:
+                state[f"{ours}att.{name}.bias"] = att.W_qkv.bias[j * d : (j + 1) * d]
+        state |= {f"{ours}att.out_proj.weight": att.out_proj.weight, f"{ours}att.out_proj.bias": att.out_proj.bias,
+                  f"{ours}ff.layers.0.weight": block.ff.fc_in.weight, f"{ours}ff.layers.0.bias": block.ff.fc_in.bias,
+                  f"{ours}ff.layers.2.weight": block.ff.fc_out.weight, f"{ours}ff.layers.2.bias": block.ff.fc_out.bias,
+                  f"{ours}norm1.scale": block.norm1.scale, f"{ours}norm1.shift": block.norm1.shift,
+                  f"{ours}norm2.scale": block.norm2.scale, f"{ours}norm2.shift": block.norm2.shift}
+    state |= {k: v for k, v in book.state_dict().items() if k.endswith(".att.mask")}  # the book's causal masks
+    book.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=True)
+    return book.eval()
+
+
+@pytest.fixture(params=[False, True], ids=["no-qkv-bias", "qkv-bias"])
+def pair(request):
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=211, context_length=24, d_model=48, n_heads=4, n_layers=3, dropout=0.0,
+                    qkv_bias=request.param, gelu="tanh")
+    model = GPT(cfg).eval()
+    with torch.no_grad():  # move every weight off its init, biases and norms included
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model, book_copy(model)
+
+
+def test_books_gpt_model_gives_our_logits(pair):
+    model, book = pair
+    idx = torch.randint(0, 211, (3, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), book(idx), atol=1e-5, rtol=1e-5)
+        model.set_impl("explicit")
+        torch.testing.assert_close(model(idx), book(idx), atol=1e-5, rtol=1e-5)
+
+
+def test_books_generate_gives_our_tokens_past_the_context(pair):
+    model, book = pair
+    prompt = torch.randint(0, 211, (1, 10))
+    theirs = ch05.generate(book, prompt, max_new_tokens=40, context_size=24)  # 50 > context 24: it slides
+    ours = generate(model, prompt, 40, crop=True)
+    assert ours.tolist() == theirs.tolist()
+    top_k = ch05.generate(book, prompt, max_new_tokens=12, context_size=24, top_k=1, temperature=0.0)
+    assert generate(model, prompt, 12, top_k=1).tolist() == top_k.tolist()
