@@ -100,7 +100,8 @@ def config_from_hf(hf: dict) -> GPTConfig:
 
 def config_to_hf(config: GPTConfig) -> dict:
     """The Hugging Face ``config.json`` for our config (GPT-2 shaped models only)."""
-    unsupported = {"pos_encoding": "learned", "norm": "layernorm", "ffn": "gelu"}
+    unsupported = {"pos_encoding": "learned", "norm": "layernorm", "ffn": "gelu", "attention": "multihead",
+                   "block": "pre_norm", "head_size": None}
     for field, needed in unsupported.items():
         if getattr(config, field) != needed:
             raise ScratchLLMError(

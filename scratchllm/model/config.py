@@ -65,6 +65,7 @@ class GPTConfig:
     norm_eps: float = 1e-5
     rope_base: float = 10000.0
     n_kv_heads: int | None = None  # grouped-query attention: heads of keys and values (None: n_heads)
+    head_size: int | None = None  # outputs of a replaced head, with a bias (surgery.replace_head); None: vocab_size
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
@@ -96,6 +97,8 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ScratchLLMError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.head_size is not None and (not isinstance(self.head_size, int) or self.head_size < 1):
+            raise ScratchLLMError(f"head_size must be a positive integer or null, got {self.head_size!r}")
         if self.ffn_hidden is not None and self.ffn_hidden < 1:
             raise ScratchLLMError(f"ffn_hidden must be a positive integer or null, got {self.ffn_hidden}")
         for name, kind in PART_FIELDS.items():  # each part's own rules

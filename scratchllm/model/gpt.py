@@ -72,7 +72,10 @@ class GPT(nn.Module):
             registry.build("block", config.part("block", i), config, i) for i in range(config.n_layers)
         )
         self.final_norm = registry.build("norm", config.norm, config)
-        self.out_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.head_size is None:
+            self.out_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        else:  # a replaced head (classification): its own matrix and a bias
+            self.out_head = nn.Linear(config.d_model, config.head_size, bias=True)
         self.tie_weights()
         self.init_weights()
         self.set_impl(config.impl)
@@ -80,7 +83,7 @@ class GPT(nn.Module):
     def tie_weights(self) -> None:
         """With ``tie_embeddings``, make the head's weight the token table: one (vocab, d_model)
         matrix, two uses. (Again after anything that replaces parameters, such as loading with assign.)"""
-        if self.config.tie_embeddings:
+        if self.config.tie_embeddings and self.config.head_size is None:
             self.out_head.weight = self.tok_emb.weight
 
     def init_weights(self) -> None:
@@ -129,6 +132,8 @@ class GPT(nn.Module):
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         last_only: bool = False,
+        at: torch.Tensor | None = None,
+        hidden: bool = False,
         record: dict[str, Any] | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for token ids ``idx`` (B, T).
@@ -137,7 +142,11 @@ class GPT(nn.Module):
         positions: absolute positions (T,) or (B, T); default cache.length + arange(T).
         mask: boolean, broadcastable to (B, 1, T, cache.length + T), True = may attend
             (left-padded batches); default causal.
-        last_only: compute logits for the last position only (B, 1, vocab).
+        last_only: the output of the last position only (B, 1, ...): the head runs on one row.
+        at: the output of one chosen position per row, (B,) indices into T (B, 1, ...): the last
+            real token of right-padded texts, for classification.
+        hidden: return the final hidden states (after ``final_norm``, (B, T, d_model)) instead
+            of logits (classification heads, distillation).
         record: a dict to fill with the embeddings and the residual stream after each block.
         """
         B, T = idx.shape
@@ -169,7 +178,10 @@ class GPT(nn.Module):
             cache.length += T
         if last_only:
             x = x[:, -1:]
-        return self.out_head(self.final_norm(x))  # (B, T, vocab)
+        elif at is not None:
+            x = x[torch.arange(B, device=x.device), at].unsqueeze(1)  # (B, 1, d_model)
+        x = self.final_norm(x)
+        return x if hidden else self.out_head(x)  # (B, T, vocab)
 
     @torch.no_grad()
     def inspect(self, idx: torch.Tensor) -> dict[str, Any]:
