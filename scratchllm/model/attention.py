@@ -111,6 +111,7 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_index: int = 0) -> None:
         super().__init__()
         self.d_model, self.n_heads, self.head_dim = config.d_model, config.n_heads, config.head_dim
+        self.n_kv_heads = self.kv_heads(config)  # heads of keys and values: all of them here
         self.W_qkv = nn.Linear(config.d_model, self.qkv_width(config), bias=config.qkv_bias)
         self.out_proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
         self.dropout_p = config.dropout
@@ -119,9 +120,13 @@ class MultiHeadAttention(nn.Module):
         self.store_attention = False
         self.last_attention: torch.Tensor | None = None
 
+    def kv_heads(self, config: GPTConfig) -> int:
+        """How many key/value heads this layer keeps (``gqa.py`` keeps fewer)."""
+        return config.n_heads
+
     def qkv_width(self, config: GPTConfig) -> int:
-        """Output features of ``W_qkv``: queries, keys and values of every head."""
-        return 3 * config.d_model
+        """Output features of ``W_qkv``: the queries of every head, then the keys and values of the KV heads."""
+        return config.d_model + 2 * self.kv_heads(config) * config.head_dim
 
     @property
     def W_query(self) -> torch.Tensor:
@@ -136,13 +141,13 @@ class MultiHeadAttention(nn.Module):
         return self.W_qkv.weight[2 * self.d_model :]
 
     def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> LayerKV:
-        """This layer's slot in a ``KVCache``: every head's keys and values."""
-        return LayerKV(batch_size, self.n_heads, max_len, self.head_dim, device, dtype)
+        """This layer's slot in a ``KVCache``: the keys and values of its KV heads."""
+        return LayerKV(batch_size, self.n_kv_heads, max_len, self.head_dim, device, dtype)
 
     @property
     def cache_values_per_token(self) -> int:
-        """Numbers a cache stores per token for this layer (a key and a value per head)."""
-        return 2 * self.n_heads * self.head_dim
+        """Numbers a cache stores per token for this layer (a key and a value per KV head)."""
+        return 2 * self.n_kv_heads * self.head_dim
 
     def residual_projections(self) -> list[nn.Linear]:
         """The layers that write into the residual stream (GPT-2 scales their init)."""
@@ -162,18 +167,25 @@ class MultiHeadAttention(nn.Module):
         causal when the T queries are the whole sequence, or no mask for a single new token.
         """
         B, T, d = x.shape
-        qkv = self.W_qkv(x).view(B, T, 3, self.n_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, hd)
+        q, k, v = self.project(x)  # (B, H, T, hd), (B, H_kv, T, hd) twice
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, H, L, hd), L = past + T
+            k, v = cache.update(layer, k, v)  # (B, H_kv, L, hd), L = past + T
         y = self.attend(q, k, v, mask)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, d))  # heads side by side, then mixed
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-               enable_gqa: bool = False) -> torch.Tensor:
-        """The attention core on (B, H, T, hd) queries and (B, H_kv, L, hd) keys and values."""
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of x (B, T, d_model), heads as a dimension: (B, heads, T, hd)."""
+        B, T, _ = x.shape
+        qkv = self.W_qkv(x).view(B, T, 3, self.n_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The attention core on (B, H, T, hd) queries and (B, H_kv, L, hd) keys and values; with
+        fewer KV heads, each group of H / H_kv query heads reads one of them."""
+        enable_gqa = k.shape[1] != q.shape[1]
         # Under bf16 autocast on a CPU the formula written out is the fastest way: torch's flash
         # kernel has a slow bf16 backward there and its math fallback adds NaN guards (benchmarks/train.py).
         cpu_autocast = q.device.type == "cpu" and torch.is_autocast_enabled("cpu")

@@ -9,7 +9,8 @@ holds ``n_kv_heads`` heads instead of ``n_heads``; ``n_kv_heads = 1`` is multi-q
     head h reads key/value head h // (n_heads / n_kv_heads)
 
 ``W_qkv`` stacks W_query (n_heads hd rows), W_key and W_value (n_kv_heads hd rows each), the
-layout of ``MultiHeadAttention`` when the counts are equal.
+layout of ``MultiHeadAttention`` when the counts are equal. Caching, the attention core and the
+output projection are ``MultiHeadAttention``'s; only the projection into heads differs.
 """
 
 from __future__ import annotations
@@ -17,21 +18,15 @@ from __future__ import annotations
 import torch
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.model.attention import KVCache, LayerKV, MultiHeadAttention
+from scratchllm.model.attention import MultiHeadAttention
 from scratchllm.model.config import GPTConfig
-from scratchllm.model.positions import apply_rope
 from scratchllm.model.registry import register
 
 
 @register("attention", "grouped_query")
 class GroupedQueryAttention(MultiHeadAttention):
-    def __init__(self, config: GPTConfig, layer_index: int = 0) -> None:
-        super().__init__(config, layer_index)
-        self.n_kv_heads = config.n_kv_heads or config.n_heads
-        self.kv_dim = self.n_kv_heads * self.head_dim
-
-    def qkv_width(self, config: GPTConfig) -> int:
-        return config.d_model + 2 * (config.n_kv_heads or config.n_heads) * config.head_dim
+    def kv_heads(self, config: GPTConfig) -> int:
+        return config.n_kv_heads or config.n_heads
 
     @classmethod
     def check_config(cls, config: GPTConfig) -> None:
@@ -43,6 +38,10 @@ class GroupedQueryAttention(MultiHeadAttention):
             )
 
     @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+    @property
     def W_key(self) -> torch.Tensor:
         return self.W_qkv.weight[self.d_model : self.d_model + self.kv_dim]  # (kv_dim, d_in)
 
@@ -50,30 +49,10 @@ class GroupedQueryAttention(MultiHeadAttention):
     def W_value(self) -> torch.Tensor:
         return self.W_qkv.weight[self.d_model + self.kv_dim :]
 
-    def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> LayerKV:
-        """Only the key/value heads are cached."""
-        return LayerKV(batch_size, self.n_kv_heads, max_len, self.head_dim, device, dtype)
-
-    @property
-    def cache_values_per_token(self) -> int:
-        return 2 * self.kv_dim
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-        mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-        layer: int = 0,
-    ) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, d = x.shape
         q, k, v = self.W_qkv(x).split([d, self.kv_dim, self.kv_dim], dim=-1)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, hd)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, H_kv, L, hd)
-        y = self.attend(q, k, v, mask, enable_gqa=self.n_kv_heads != self.n_heads)
-        return self.out_proj(y.transpose(1, 2).reshape(B, T, d))
+        return q, k, v
