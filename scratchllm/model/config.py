@@ -73,14 +73,14 @@ class GPTConfig:
             if value not in allowed:
                 raise ScratchLLMError(f"{name}={value!r} is not one of {', '.join(allowed)}{_hint(value, allowed)}")
         for name, kind in PART_FIELDS.items():
+            if isinstance(getattr(self, name), tuple):  # a list read back from TOML or Python
+                setattr(self, name, list(getattr(self, name)))
             value = getattr(self, name)
-            if isinstance(value, tuple):
-                value = list(value)
-                setattr(self, name, value)
-            if isinstance(value, list) and (name not in PER_LAYER or not value):
-                raise ScratchLLMError(f"{name} must be one name" + (" or a non-empty list of names, one per layer"
-                                                                     if name in PER_LAYER else f", got {value!r}"))
-            for part in value if isinstance(value, list) else [value]:
+            if isinstance(value, list) and name not in PER_LAYER:
+                raise ScratchLLMError(f"{name} must be one name, got {value!r}")
+            if value == []:
+                raise ScratchLLMError(f"{name} must be one name or a non-empty list of names, one per layer")
+            for part in self.part_names(name):
                 if not isinstance(part, str):
                     raise ScratchLLMError(f"{name} must name a {registry.KINDS[kind]}, got {part!r}")
                 if part not in registry.names(kind):
@@ -102,9 +102,13 @@ class GPTConfig:
         if self.ffn_hidden is not None and self.ffn_hidden < 1:
             raise ScratchLLMError(f"ffn_hidden must be a positive integer or null, got {self.ffn_hidden}")
         for name, kind in PART_FIELDS.items():  # each part's own rules
-            value = getattr(self, name)
-            for part in dict.fromkeys(value if isinstance(value, list) else [value]):
+            for part in dict.fromkeys(self.part_names(name)):
                 registry.check(kind, part, self)
+
+    def part_names(self, name: str) -> list[str]:
+        """The names a part field gives, one or one per layer of its pattern."""
+        value = getattr(self, name)
+        return value if isinstance(value, list) else [value]
 
     def part(self, name: str, layer: int) -> str:
         """The part ``name`` ("attention", "ffn", "block") of layer ``layer``: a per-layer list repeats.
@@ -112,8 +116,8 @@ class GPTConfig:
         >>> GPTConfig(n_layers=4, attention=["multihead", "grouped_query"], n_kv_heads=4).part("attention", 3)
         'grouped_query'
         """
-        value = getattr(self, name)
-        return value[layer % len(value)] if isinstance(value, list) else value
+        names = self.part_names(name)
+        return names[layer % len(names)]
 
     @property
     def head_dim(self) -> int:
