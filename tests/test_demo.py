@@ -49,15 +49,16 @@ def test_every_promised_file_is_valid(demo_run):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
     evals = [r for r in records if "val_loss" in r]
-    assert len(steps) == config["train"]["max_steps"] and all(math.isfinite(r["loss"]) for r in steps)
-    assert evals and evals[-1]["step"] == config["train"]["max_steps"]
+    demo = json.loads((out / "demo.json").read_text())
+    # every step run is logged; on a loaded machine train.max_seconds may stop it before max_steps
+    assert 10 <= demo["steps"] <= config["train"]["max_steps"]
+    assert len(steps) == demo["steps"] and all(math.isfinite(r["loss"]) for r in steps)
+    assert evals and evals[-1]["step"] == demo["steps"]
     for picture in ("loss.png", "attention.png"):
         image = matplotlib.image.imread(out / picture)
         assert image.ndim == 3 and min(image.shape[:2]) > 100
     samples = (out / "samples.txt").read_text()
     assert all(f"--- prompt {p!r}" in samples for p in SAMPLE_PROMPTS)
-    demo = json.loads((out / "demo.json").read_text())
-    assert demo["steps"] == config["train"]["max_steps"]
     assert 0 < demo["bits_per_byte"] < 9  # better than uniform over 300 tokens (8.2 bits / 1 byte)
     assert (out / "data" / "manifest.json").is_file()
 
