@@ -16,6 +16,7 @@ COMMAND_MODULES: list[str] = [
     "model",
     "prepare",
     "train",
+    "eval",
     "plot",
     "generate",
     "convert",

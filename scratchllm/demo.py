@@ -10,8 +10,9 @@ steps lie inside the learning-rate warmup, which does not depend on ``max_steps`
 the one it would have been had ``max_steps`` been known from the start, and its cosine schedule
 ends on time.
 
-Quality is measured in bits per byte on the held-out text (for ``shakespeare``: whole works
-the tokenizer and the model never saw), which compares across tokenizers:
+Quality is measured in bits per byte on the held-out text (for ``shakespeare``: whole works the
+tokenizer and the model never saw), which compares across tokenizers; ``scratchllm.train.evaluation``
+defines it, for this, for training and for ``scratchllm eval``:
 
     bits per byte = (sum of -ln p over the predicted tokens) / ln 2 / (UTF-8 bytes of those tokens)
 
@@ -22,7 +23,6 @@ the tokenizer and the model never saw), which compares across tokenizers:
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import time
@@ -106,7 +106,7 @@ def run_demo(
     all into the run folder ``out`` (which ``scratchllm train --resume`` also understands)."""
     from scratchllm.checkpoint import list_checkpoints, load_checkpoint
     from scratchllm.data.shards import open_prepared, prepare
-    from scratchllm.train import train
+    from scratchllm.train import score_tokens, train
 
     say = echo or (lambda _: None)
     started = time.perf_counter()
@@ -137,7 +137,9 @@ def run_demo(
     say("[4/5] evaluating on the held-out text")
     model, tokenizer = load_checkpoint(out)
     precision = _precision(out)
-    val_loss, bpb, n_tokens = held_out_loss(model, data, precision, config.train.batch_size)
+    score = score_tokens(model, data.val, tokenizer, batch_size=config.train.batch_size, precision=precision,
+                         max_tokens=FINAL_EVAL_TOKENS)
+    val_loss, bpb, n_tokens = score.loss, score.bits_per_byte, score.tokens
     say(f"      val loss {val_loss:.4f} nats/token, {bpb:.3f} bits per byte over {n_tokens:,} tokens")
 
     say("[5/5] samples and pictures")
@@ -224,37 +226,6 @@ def _precision(run_dir: Path) -> str:
     from scratchllm.checkpoint import STATE_FILE, list_checkpoints, read_json
 
     return read_json(list_checkpoints(run_dir)[-1] / STATE_FILE)["precision"]
-
-
-@torch.no_grad()
-def held_out_loss(model: Any, data: Any, precision: str, batch_size: int,
-                  max_tokens: int = FINAL_EVAL_TOKENS) -> tuple[float, float, int]:
-    """Mean loss (nats per token), bits per byte and the number of predicted tokens over the
-    validation split, in non-overlapping windows of the model's context.
-
-    Special tokens (the ``<|endoftext|>`` between documents) are not scored: they are not text.
-    """
-    from scratchllm.data.batches import SlidingWindows
-    from scratchllm.train.loop import IGNORE_INDEX, loss_sum
-    from scratchllm.train.precision import autocast
-
-    ctx = model.config.context_length
-    tokens = data.val[: max_tokens + 1]
-    windows = SlidingWindows(tokens, ctx, ctx, batch_size, name="the validation split")
-    specials = torch.tensor(sorted(data.tokenizer.special_tokens.values()), dtype=torch.long)
-    device = next(model.parameters()).device
-    model.eval()
-    nats, n_bytes, n_tokens = 0.0, 0, 0
-    for x, y in windows:
-        y = y.masked_fill(torch.isin(y, specials), IGNORE_INDEX)
-        with autocast(precision, device):
-            nats += loss_sum(model, x.to(device), y.to(device)).item()
-        scored = y[y != IGNORE_INDEX]
-        n_tokens += scored.numel()
-        n_bytes += len(data.tokenizer.decode_bytes(scored.tolist()))
-    if n_tokens == 0:
-        raise ScratchLLMError("the validation split holds no text to evaluate: use a larger corpus")
-    return nats / n_tokens, nats / math.log(2) / n_bytes, n_tokens
 
 
 def write_samples(model: Any, tokenizer: Any, path: Path, prompts: tuple[str, ...] = SAMPLE_PROMPTS,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from scratchllm.checkpoint import load_checkpoint
 from scratchllm.cli import main
-from scratchllm.demo import SAMPLE_PROMPTS, DemoResult, held_out_loss, summary
+from scratchllm.demo import SAMPLE_PROMPTS, DemoResult, summary
 from scratchllm.generate import generate
 
 
@@ -72,13 +72,15 @@ def test_checkpoint_loads_and_generates(demo_run):
     assert isinstance(tokenizer.decode(new), str)
 
 
-def test_held_out_loss_equals_a_plain_cross_entropy(demo_run):
+def test_held_out_score_equals_a_plain_cross_entropy(demo_run):
     from scratchllm.data.shards import open_prepared
+    from scratchllm.train import score_tokens
 
     _, out = demo_run
     model, _ = load_checkpoint(out)
     data = open_prepared(out / "data")
-    nats, bpb, n = held_out_loss(model, data, "fp32", batch_size=3)
+    score = score_tokens(model, data.val, data.tokenizer, batch_size=3)
+    nats, bpb, n = score.loss, score.bits_per_byte, score.tokens
     # Oracle: non-overlapping windows of the context, torch's cross-entropy, bytes of the text.
     T = model.config.context_length
     val = torch.from_numpy(np.asarray(data.val, dtype=np.int64))
@@ -90,7 +92,7 @@ def test_held_out_loss_equals_a_plain_cross_entropy(demo_run):
     special = torch.isin(y.flatten(), torch.tensor(list(data.tokenizer.special_tokens.values())))
     expected = losses[~special].mean().item()
     n_bytes = len(data.tokenizer.decode(y.flatten()[~special].tolist()).encode("utf-8"))
-    assert n == int((~special).sum())
+    assert n == int((~special).sum()) and score.bytes == n_bytes
     assert nats == pytest.approx(expected, rel=1e-4)
     assert bpb == pytest.approx(losses[~special].sum().item() / math.log(2) / n_bytes, rel=1e-4)
 

@@ -32,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from scratchllm.data.shards import open_prepared
+    from scratchllm.train import train
     from scratchllm.train.config import RunConfig, explicit_settings, load_run_config, resume_config
-    from scratchllm.train.loop import CONFIG_FILE, train
+    from scratchllm.train.loop import CONFIG_FILE
 
     if args.resume:
         run_dir = Path(args.resume)

@@ -142,6 +142,10 @@ class SlidingWindows:
             yield gather_windows(self.tokens, starts[i: i + self.batch_size], self.context_length)
         self.epoch, self.position = self.epoch + 1, 0
 
+    def rewind(self) -> None:
+        """Start this epoch over: the next ``iter()`` begins at the first window."""
+        self.position = 0
+
     def state_dict(self) -> dict[str, Any]:
         return {"kind": "sliding", "epoch": self.epoch, "position": self.position, "seed": self.seed}
 

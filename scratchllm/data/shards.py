@@ -121,15 +121,33 @@ def _encode_job(job: list[str | None]) -> tuple[np.ndarray, int, int]:
     """Encode one job in a worker: (ids, characters, document separators)."""
     assert _WORKER is not None, "call _init_worker first"
     tokenizer, eot, dtype = _WORKER
+    return np.asarray(encode_job(job, tokenizer, eot), dtype=dtype), sum(map(len, filter(None, job))), job.count(None)
+
+
+def encode_job(job: list[str | None], tokenizer: BPETokenizer, eot: int | None) -> list[int]:
+    """The ids of one job: its texts encoded as plain text, ``eot`` for each ``None`` (left out if None).
+
+    >>> encode_job(["ab", None, "c"], BPETokenizer([], special_tokens={EOT: 256}), 256)
+    [97, 98, 256, 99]
+    """
     ids: list[int] = []
-    chars = 0
     for item in job:
-        if item is None:
-            ids.append(eot)
-        else:
+        if item is not None:
             ids += tokenizer.encode_ordinary(item)
-            chars += len(item)
-    return np.asarray(ids, dtype=dtype), chars, job.count(None)
+        elif eot is not None:
+            ids.append(eot)
+    return ids
+
+
+def encode_sources(sources: Iterable[Source], tokenizer: BPETokenizer) -> np.ndarray:
+    """A split's text encoded as ``prepare`` encodes it, in this process (for evaluation).
+
+    >>> encode_sources([], BPETokenizer([])).tolist()
+    []
+    """
+    eot = tokenizer.special_tokens.get(EOT)
+    ids = [i for job in encoding_jobs(sources) for i in encode_job(job, tokenizer, eot)]
+    return np.asarray(ids, dtype=token_dtype(tokenizer.vocab_size))
 
 
 def _write_split(path: Path, jobs: Iterator[list[str | None]], pool, bar: tqdm) -> dict[str, Any]:

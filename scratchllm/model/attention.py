@@ -186,11 +186,11 @@ class MultiHeadAttention(nn.Module):
         """The attention core on (B, H, T, hd) queries and (B, H_kv, L, hd) keys and values; with
         fewer KV heads, each group of H / H_kv query heads reads one of them."""
         enable_gqa = k.shape[1] != q.shape[1]
-        # Under bf16 autocast on a CPU the formula written out is the fastest way: torch's flash
-        # kernel has a slow bf16 backward there and its math fallback adds NaN guards (benchmarks/train.py).
-        cpu_autocast = q.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        # For bf16 on a CPU the formula written out is the fastest way: torch's flash kernel has a
+        # slow bf16 backward there and its math fallback adds NaN guards (benchmarks/train.py).
+        cpu_bf16 = q.device.type == "cpu" and q.dtype == torch.bfloat16
         T = q.shape[2]
-        if self.explicit or self.store_attention or cpu_autocast:
+        if self.explicit or self.store_attention or cpu_bf16:
             if mask is None and T == 1:
                 mask = torch.ones(1, k.shape[2], dtype=torch.bool, device=q.device)
             if enable_gqa:  # each group of query heads reads its one key/value head

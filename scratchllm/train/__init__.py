@@ -1,4 +1,4 @@
-"""Training: run configs, AdamW with warmup + cosine, the loop, DDP, metrics and plots.
+"""Training: run configs, AdamW with warmup + cosine, the trainer, DDP, evaluation, metrics and plots.
 
 >>> from scratchllm.train import load_run_config, train                       # doctest: +SKIP
 >>> config = load_run_config("baby-shakespeare", overrides=["train.max_steps=100", "data.dir=data/tiny"])
@@ -6,6 +6,9 @@
 """
 
 from scratchllm.train.config import PRESETS, RunConfig, TrainConfig, load_run_config
-from scratchllm.train.loop import TrainResult, train
+from scratchllm.train.evaluation import Score, score_tokens
+from scratchllm.train.loop import Trainer, TrainResult
+from scratchllm.train.run import train
 
-__all__ = ["PRESETS", "RunConfig", "TrainConfig", "TrainResult", "load_run_config", "train"]
+__all__ = ["PRESETS", "RunConfig", "Score", "TrainConfig", "TrainResult", "Trainer", "load_run_config", "score_tokens",
+           "train"]

@@ -1,53 +1,63 @@
-"""The training loop: next-token cross-entropy, gradient accumulation, AdamW, evaluation, checkpoints.
+"""The training loop, as a ``Trainer`` that is given its pieces: model, batches, loss, parameters.
 
 One optimizer update ("step") sees ``grad_accum_steps`` micro-batches on each of ``world_size``
-processes. The loss of the step is the mean cross-entropy over every scored target token of all
-of them,
+processes. The loss of the step is the mean over every unit (scored target token, for
+next-token prediction) of all of them,
 
-    L = (1 / N) * sum_{micro-batches, ranks} sum_{scored tokens t} -log p(y_t | x_{<=t})
+    L = (1 / N) * sum_{micro-batches, ranks} (loss summed over the micro-batch's units)
 
-where N counts the scored tokens (targets equal to ``IGNORE_INDEX``, i.e. padding, are skipped).
-Each micro-batch backpropagates its sum divided by N, so the accumulated gradient is exactly the
+where N counts the units (targets equal to ``IGNORE_INDEX``, i.e. padding, are not units). Each
+micro-batch backpropagates its sum divided by N, so the accumulated gradient is exactly the
 gradient of L: N micro-batches equal one batch N times larger (tests/train/test_loop.py).
+
+``scratchllm train`` builds the pieces from a config (``scratchllm.train.run``); from Python any
+model, batch source and loss can be trained, with a frozen subset of the parameters:
+
+>>> trainer = Trainer(model, batches, "runs/probe", settings=TrainConfig(max_steps=100),
+...                   loss=my_loss, trainable=model.out_head.parameters())      # doctest: +SKIP
+>>> trainer.fit().step                                                          # doctest: +SKIP
+100
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import textwrap
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from scratchllm import checkpoint as ckpt
-from scratchllm.data.batches import RandomBatches, SlidingWindows
-from scratchllm.data.shards import open_prepared
 from scratchllm.errors import ScratchLLMError
-from scratchllm.model import GPT
-from scratchllm.train.allocator import keep_freed_cpu_memory
-from scratchllm.train.config import RunConfig
+from scratchllm.train.config import RunConfig, TrainConfig
 from scratchllm.train.distributed import (
     DistributedContext,
     all_reduce_sum,
     barrier,
     broadcast_flag,
     seed_rank_dropout,
-    setup_distributed,
-    teardown_distributed,
 )
+from scratchllm.train.losses import IGNORE_INDEX, Loss, LossFunction, as_loss, next_token_loss, scored_tokens
 from scratchllm.train.metrics import MetricsLog, plot_run
 from scratchllm.train.optim import lr_at, make_optimizer, set_lr
 from scratchllm.train.precision import autocast, matmul_peak_flops, resolve_precision
 
-IGNORE_INDEX = -100  # F.cross_entropy's default: targets with this id are not scored
+__all__ = ["CONFIG_FILE", "IGNORE_INDEX", "Evaluator", "TrainResult", "Trainer", "accumulate_gradients",
+           "describe_evaluation", "mean_loss_evaluator"]
+
 CONFIG_FILE = "config.toml"
+
+AutocastFactory = Callable[[], contextlib.AbstractContextManager]
+# (model, the precision's autocast, the process group) -> {"val_loss": ..., other figures}
+Evaluator = Callable[[nn.Module, AutocastFactory, DistributedContext], dict[str, float]]
 
 
 @dataclass
@@ -62,68 +72,85 @@ class TrainResult:
     seconds: float
 
 
-def loss_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Summed next-token cross-entropy over the scored targets of ``y`` (B, T), in float32."""
-    logits = model(x)  # (B, T, vocab)
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-
-
 def accumulate_gradients(
     model: nn.Module,
-    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
-    n_scored: int,
+    micro_batches: list[Any],
+    n_units: int,
     *,
-    precision_ctx: Any = contextlib.nullcontext,
+    loss: LossFunction = next_token_loss,
+    precision_ctx: AutocastFactory = contextlib.nullcontext,
     world_size: int = 1,
     scaler: torch.amp.GradScaler | None = None,
-) -> torch.Tensor:
-    """Backpropagate the mean loss over ``n_scored`` target tokens (all micro-batches, all ranks).
+) -> Loss:
+    """Backpropagate the mean loss over ``n_units`` units (all micro-batches, all ranks).
 
-    Returns this process's summed loss. Under DDP (``world_size`` > 1), which averages gradients
-    over ranks, each rank's term is scaled by ``world_size`` so the average is the global mean,
-    and the gradient all-reduce runs only after the last micro-batch (``no_sync`` before it).
+    Returns this process's summed loss and terms. Under DDP (``world_size`` > 1), which averages
+    gradients over ranks, each rank's term is scaled by ``world_size`` so the average is the
+    global mean, and the gradient all-reduce runs only after the last micro-batch (``no_sync``).
     """
     total = torch.zeros((), dtype=torch.float32)
-    for i, (x, y) in enumerate(micro_batches):
+    terms: dict[str, torch.Tensor] = {}
+    for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         sync = model.no_sync() if world_size > 1 and not last else contextlib.nullcontext()
         with sync:
             with precision_ctx():
-                micro_loss = loss_sum(model, x, y)
-            scaled = micro_loss * (world_size / n_scored)
+                micro = as_loss(loss(model, batch))
+            scaled = micro.total * (world_size / n_units)
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        total += micro_loss.detach().float().cpu()
-    return total
+        total += micro.total.detach().float().cpu()
+        for name, value in micro.terms.items():
+            terms[name] = terms.get(name, 0.0) + value.detach().float().cpu()
+    return Loss(total, terms)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, windows: SlidingWindows, max_batches: int, ctx: DistributedContext,
-             precision_ctx: Any = contextlib.nullcontext) -> float:
-    """Mean validation cross-entropy (nats per token) over the first ``max_batches`` batches of
-    ``windows`` (0 = all of them). Rank r scores batches r, r + world_size, ...; the sums are
-    then added up, so every world size scores exactly the same tokens."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    windows.load_state_dict({"kind": "sliding", "epoch": 0, "position": 0})
-    for i, (x, y) in enumerate(windows):
-        if max_batches and i >= max_batches:
-            break
-        if i % ctx.world_size != ctx.rank:
-            continue
-        with precision_ctx():
-            total += loss_sum(model, x.to(ctx.device), y.to(ctx.device)).item()
-        count += int((y != IGNORE_INDEX).sum())
-    model.train(was_training)
-    total, count = all_reduce_sum(ctx, total, count)
-    return total / count
+def mean_loss_evaluator(val_batches: Iterable[Any], loss: LossFunction = next_token_loss,
+                        units: Callable[[Any], int] = scored_tokens, max_batches: int = 0) -> Evaluator:
+    """An evaluator for any loss: its mean per unit over (the first ``max_batches`` of)
+    ``val_batches``, which must start over each time it is iterated (a list, a DataLoader)."""
+
+    @torch.no_grad()
+    def evaluate(model: nn.Module, precision_ctx: AutocastFactory, dist: DistributedContext) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        for i, batch in enumerate(val_batches):
+            if max_batches and i >= max_batches:
+                break
+            if i % dist.world_size != dist.rank:
+                continue
+            with precision_ctx():
+                total += float(as_loss(loss(model, _to(batch, dist.device))).total)
+            count += units(batch)
+        model.train(was_training)
+        total, count = all_reduce_sum(dist, total, count)
+        if not count:
+            raise ScratchLLMError("the validation batches hold nothing to score")
+        return {"val_loss": total / count, "val_ppl": math.exp(min(total / count, 700.0))}
+
+    return evaluate
 
 
-def bytes_per_token(tokenizer: Any, tokens: Any, sample: int = 1_000_000) -> float:
-    """UTF-8 bytes per token over (the first ``sample`` of) ``tokens``: turns a loss in nats per
-    token into bits per byte, ``loss / ln 2 / bytes_per_token``, comparable across tokenizers."""
-    ids = tokens[:sample].tolist()
-    return len(tokenizer.decode_bytes(ids)) / max(len(ids), 1)
+def describe_evaluation(record: dict[str, float]) -> str:
+    """One line for an evaluation's figures.
+
+    >>> describe_evaluation({"val_loss": 1.5, "val_ppl": 4.4817, "val_bpb": 2.25, "val_accuracy": 0.5})
+    'val loss 1.5000, perplexity 4.48, 2.250 bits/byte, accuracy 0.5000'
+    """
+    known = {"val_loss": "val loss {:.4f}", "val_ppl": "perplexity {:.2f}", "val_bpb": "{:.3f} bits/byte"}
+    return ", ".join(known.get(name, name.removeprefix("val_") + " {:.4f}").format(value)
+                     for name, value in record.items())
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    """A batch (tensors, or tuples/lists/dicts of them) on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -131,103 +158,122 @@ def _is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
-def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train ``config`` on the prepared data in ``config.data.dir``, writing to ``run_dir``.
+class Trainer:
+    """Trains ``model`` on ``train_batches`` into ``run_dir`` (checkpoints, metrics.jsonl, loss.png).
 
-    With ``resume=True`` the newest checkpoint in ``run_dir`` is loaded and training continues
-    exactly where it stopped. Started by torchrun, every process runs this with its own rank.
+    - ``train_batches``: an iterator of micro-batches; with ``state_dict``/``load_state_dict``
+      (as ``RandomBatches`` has) a resumed run continues exactly where it stopped.
+    - ``loss(model, batch)``: a ``Loss`` (or tensor) summed over the batch's units, and
+      ``units(batch)`` their number (see ``scratchllm.train.losses``).
+    - ``trainable``: the parameters that train; every other parameter of the model is frozen
+      (``requires_grad=False``). Default: those that require gradients.
+    - ``evaluate``: an ``Evaluator``; by default the loss's mean over ``val_batches``, if given.
+    - ``tokenizer`` is saved with each checkpoint; ``run_config``, with its precision resolved,
+      as ``config.toml``; ``sample(model, step)`` returns text shown after each evaluation.
+    - ``dist``: the process group of a torchrun launch (default: one process on the model's device).
+
+    Precision is resolved once, before the first step (``auto`` times the model both ways).
     """
-    ctx = setup_distributed(config.train.device)
-    if ctx.device.type == "cpu":
-        keep_freed_cpu_memory()
-    try:
-        return _Run(config, Path(run_dir), ctx, progress).fit(resume)
-    finally:
-        teardown_distributed(ctx)
 
-
-class _Run:
-    """The state of one training run; ``fit`` is the loop."""
-
-    def __init__(self, config: RunConfig, run_dir: Path, ctx: DistributedContext, progress: bool):
-        self.config, self.run_dir, self.ctx, self.progress = config, run_dir, ctx, progress
-        tc, mc = config.train, config.model
-        if not config.data.dir:
-            raise ScratchLLMError("no data given: pass --data DATA_DIR (made by `scratchllm prepare`)")
-        self.data = open_prepared(config.data.dir)
-        if mc.vocab_size < self.data.vocab_size:
-            raise ScratchLLMError(
-                f"model.vocab_size={mc.vocab_size} is smaller than the data's vocabulary of {self.data.vocab_size}; "
-                "leave model.vocab_size unset to use the data's"
-            )
-        torch.manual_seed(tc.seed)
-        self.model = GPT(mc).to(ctx.device)
-        self.batches = RandomBatches(self.data.train, tc.batch_size, mc.context_length, tc.seed,
-                                     rank=ctx.rank, world_size=ctx.world_size, name="the training split")
-        self.val_windows = SlidingWindows(self.data.val, mc.context_length, mc.context_length, tc.batch_size,
-                                          name="the validation split")
-        self.optimizer = make_optimizer(self.model, lr=tc.lr, weight_decay=tc.weight_decay,
-                                        betas=(tc.beta1, tc.beta2), device_type=ctx.device.type)
+    def __init__(
+        self,
+        model: nn.Module,
+        train_batches: Iterator[Any],
+        run_dir: str | Path,
+        *,
+        settings: TrainConfig,
+        loss: LossFunction = next_token_loss,
+        units: Callable[[Any], int] = scored_tokens,
+        trainable: Iterable[nn.Parameter] | None = None,
+        val_batches: Iterable[Any] | None = None,
+        evaluate: Evaluator | None = None,
+        tokenizer: Any = None,
+        run_config: RunConfig | None = None,
+        sample: Callable[[nn.Module, int], str] | None = None,
+        progress: bool = True,
+        dist: DistributedContext | None = None,
+    ) -> None:
+        self.model, self.batches, self.run_dir = model, train_batches, Path(run_dir)
+        self.settings, self.loss, self.units = settings, loss, units
+        self.tokenizer, self.run_config, self.sample, self.progress = tokenizer, run_config, sample, progress
+        self.dist = dist or DistributedContext(device=next(model.parameters()).device)
+        if evaluate is None and val_batches is not None:
+            evaluate = mean_loss_evaluator(val_batches, loss, units, settings.eval_batches)
+        self.evaluate = evaluate
+        if trainable is not None:
+            chosen = {id(p) for p in trainable}
+            for p in model.parameters():
+                p.requires_grad_(id(p) in chosen)
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        if not self.parameters:
+            raise ScratchLLMError("no parameter is trainable: pass trainable= or leave some requires_grad=True")
+        self.optimizer = make_optimizer(self.parameters, lr=settings.lr, weight_decay=settings.weight_decay,
+                                        betas=(settings.beta1, settings.beta2), device_type=self.dist.device.type)
         self.step, self.tokens = 0, 0
         self.val_loss: float | None = None
         self.best_val_loss: float | None = None
-        self.bytes_per_token = bytes_per_token(self.data.tokenizer, self.data.val)
-        self.precision = tc.precision
+        self.precision = settings.precision
         self.scaler: torch.amp.GradScaler | None = None
+        self.metrics: MetricsLog | None = None
 
     # -- setup ------------------------------------------------------------------------------
 
     def _start(self, resume: bool) -> None:
-        tc = self.config.train
-        self._resume_state: dict[str, Any] = {}
+        tc = self.settings
+        resume_state: dict[str, Any] = {}
         if resume:
-            self._load_newest_checkpoint()
+            resume_state = self._load_newest_checkpoint()
         elif ckpt.list_checkpoints(self.run_dir):
             raise ScratchLLMError(f"{self.run_dir} already holds a run: continue it with --resume {self.run_dir}, "
                                   "or choose another --out")
         else:
-            shape = (tc.batch_size, self.config.model.context_length)
-            self.precision = resolve_precision(tc.precision, self.model, shape, self.ctx.device)
+            shape = (tc.batch_size, self.model.config.context_length)
+            self.precision = resolve_precision(tc.precision, self.model, shape, self.dist.device)
         if self.precision == "fp16":
             self.scaler = torch.amp.GradScaler("cuda")
-            if self._resume_state.get("grad_scaler"):
-                self.scaler.load_state_dict(self._resume_state["grad_scaler"])
+            if resume_state.get("grad_scaler"):
+                self.scaler.load_state_dict(resume_state["grad_scaler"])
         self.forward_model: nn.Module = self.model
         if tc.compile:
             self.forward_model = torch.compile(self.model)
-        if self.ctx.enabled:
-            device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+        if self.dist.enabled:
+            device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             self.forward_model = nn.parallel.DistributedDataParallel(self.forward_model, device_ids=device_ids)
-        if self.ctx.is_main:
+        if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.config.save(self.run_dir / CONFIG_FILE)
-        self.metrics = MetricsLog(self.run_dir, resume_step=self.step if resume else 0) if self.ctx.is_main else None
-        self.peak_flops = tc.peak_flops or matmul_peak_flops(self.precision, self.ctx.device)
-        self.flops_per_token = self.model.flops_per_token()
+            if self.run_config is not None:  # the precision the run really uses, not "auto"
+                train = dataclasses.replace(self.run_config.train, precision=self.precision)
+                dataclasses.replace(self.run_config, train=train).save(self.run_dir / CONFIG_FILE)
+            self.metrics = MetricsLog(self.run_dir, resume_step=self.step if resume else 0)
+        self.peak_flops = tc.peak_flops or matmul_peak_flops(self.precision, self.dist.device)
+        count_flops = getattr(self.model, "flops_per_token", None)
+        self.flops_per_token = count_flops() if count_flops else 6 * sum(p.numel() for p in self.model.parameters())
 
-    def _load_newest_checkpoint(self) -> None:
+    def _load_newest_checkpoint(self) -> dict[str, Any]:
         found = ckpt.list_checkpoints(self.run_dir)
         if not found:
             raise ScratchLLMError(f"{self.run_dir} has no checkpoint to resume from; start it again without --resume")
         path = found[-1]
         ckpt.load_model_weights(self.model, path)
         state = ckpt.load_training_state(path, self.optimizer)
-        self._resume_state = state
         self.step, self.tokens = state["step"], state["tokens"]
         self.val_loss, self.best_val_loss = state.get("val_loss"), state.get("best_val_loss")
         self.precision = state["precision"]
-        self.batches.load_state_dict(state["data"])
+        if state.get("data") is not None and hasattr(self.batches, "load_state_dict"):
+            self.batches.load_state_dict(state["data"])
         ckpt.set_rng_state(state["rng"])
+        return state
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def fit(self, resume: bool) -> TrainResult:
-        tc = self.config.train
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train to ``settings.max_steps`` (or ``max_seconds``); with ``resume``, from the newest checkpoint."""
+        tc = self.settings
         self._start(resume)
         begin = time.perf_counter()
         if not resume and tc.eval_at_start and tc.eval_interval:
             self._evaluate()
-        bar = tqdm(total=tc.max_steps, initial=self.step, disable=not (self.progress and self.ctx.is_main),
+        bar = tqdm(total=tc.max_steps, initial=self.step, disable=not (self.progress and self.dist.is_main),
                    desc="train", unit="step", dynamic_ncols=True)
         window_start, window_tokens = time.perf_counter(), 0
         training_seconds, last = 0.0, self.step >= tc.max_steps
@@ -235,23 +281,24 @@ class _Run:
             lr = lr_at(self.step, max_lr=tc.lr, min_lr=tc.min_lr, warmup_steps=tc.warmup_steps,
                        max_steps=tc.max_steps)
             step_start = time.perf_counter()
-            loss, step_tokens = self._train_step(lr)
+            loss, terms, step_tokens = self._train_step(lr)
             training_seconds += time.perf_counter() - step_start
             self.step += 1
             self.tokens += step_tokens
             window_tokens += step_tokens
             bar.update(1)
             # Every rank must agree to stop, so rank 0's clock decides.
-            out_of_time = tc.max_seconds > 0 and broadcast_flag(self.ctx, training_seconds >= tc.max_seconds)
+            out_of_time = tc.max_seconds > 0 and broadcast_flag(self.dist, training_seconds >= tc.max_seconds)
             last = self.step >= tc.max_steps or out_of_time
-            if out_of_time and self.step < tc.max_steps and self.ctx.is_main:
+            if out_of_time and self.step < tc.max_steps and self.dist.is_main:
                 tqdm.write(f"train.max_seconds={tc.max_seconds:g} reached at step {self.step} of {tc.max_steps}")
             if self.step % tc.log_interval == 0 or last:
                 elapsed = time.perf_counter() - window_start
                 tok_s = window_tokens / elapsed if elapsed > 0 else 0.0
-                mfu = tok_s * self.flops_per_token / self.peak_flops
+                # per device: each process's share of the throughput against one device's peak
+                mfu = tok_s / self.dist.world_size * self.flops_per_token / self.peak_flops
                 self._log(step=self.step, loss=loss, lr=lr, tokens=self.tokens, tokens_per_s=round(tok_s, 1),
-                          mfu=round(mfu, 4))
+                          mfu=round(mfu, 4), **{f"loss_{name}": value for name, value in terms.items()})
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}",
                                 refresh=False)
                 window_start, window_tokens = time.perf_counter(), 0
@@ -265,49 +312,48 @@ class _Run:
                 window_start, window_tokens = time.perf_counter(), 0
         bar.close()
         seconds = time.perf_counter() - begin
-        if self.ctx.is_main:
+        if self.metrics is not None:
             self.metrics.close()
             if tc.plot:
                 plot_run(self.run_dir)
         return TrainResult(self.run_dir, self.step, self.tokens, self.val_loss, self.best_val_loss, seconds)
 
-    def _train_step(self, lr: float) -> tuple[float, int]:
-        """One optimizer update; returns the step's mean loss over all ranks and the tokens it saw."""
-        tc, device = self.config.train, self.ctx.device
+    def _train_step(self, lr: float) -> tuple[float, dict[str, float], int]:
+        """One optimizer update; returns the step's mean loss and terms over all ranks, and its units."""
+        tc, device = self.settings, self.dist.device
         set_lr(self.optimizer, lr)
-        if self.ctx.enabled and self.config.model.dropout > 0:
-            seed_rank_dropout(tc.seed, self.step, self.ctx.rank)
-        micro = [tuple(t.to(device, non_blocking=True) for t in next(self.batches)) for _ in range(tc.grad_accum_steps)]
-        n_local = sum(int((y != IGNORE_INDEX).sum()) for _, y in micro)
-        (n_scored,) = all_reduce_sum(self.ctx, n_local)
+        if self.dist.enabled and getattr(getattr(self.model, "config", None), "dropout", 0) > 0:
+            seed_rank_dropout(tc.seed, self.step, self.dist.rank)
+        micro = [_to(next(self.batches), device) for _ in range(tc.grad_accum_steps)]
+        (n_units,) = all_reduce_sum(self.dist, sum(self.units(batch) for batch in micro))
         try:
-            local_sum = accumulate_gradients(
-                self.forward_model, micro, int(n_scored), world_size=self.ctx.world_size, scaler=self.scaler,
-                precision_ctx=lambda: autocast(self.precision, device),
+            local = accumulate_gradients(
+                self.forward_model, micro, int(n_units), loss=self.loss, world_size=self.dist.world_size,
+                scaler=self.scaler, precision_ctx=lambda: autocast(self.precision, device),
             )
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not _is_out_of_memory(err):
                 raise
             raise ScratchLLMError(
-                f"a micro-batch of {tc.batch_size} x {self.config.model.context_length} tokens does not fit in "
-                f"{device.type} memory: lower train.batch_size and raise train.grad_accum_steps by the same factor "
-                "(same effective batch)"
+                f"a micro-batch of {tc.batch_size} sequences does not fit in {device.type} memory: lower "
+                "train.batch_size and raise train.grad_accum_steps by the same factor (same effective batch)"
             ) from None
-        (global_sum,) = all_reduce_sum(self.ctx, float(local_sum))
-        loss = global_sum / n_scored
+        names = sorted(local.terms)
+        sums = all_reduce_sum(self.dist, float(local.total), *(float(local.terms[n]) for n in names))
+        loss = sums[0] / n_units
         if not math.isfinite(loss):
             self._stop_on_bad_loss(loss)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if tc.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            nn.utils.clip_grad_norm_(self.parameters, tc.grad_clip)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss, int(n_scored)
+        return loss, {n: s / n_units for n, s in zip(names, sums[1:], strict=True)}, int(n_units)
 
     def _stop_on_bad_loss(self, loss: float) -> None:
         found = ckpt.list_checkpoints(self.run_dir)
@@ -320,53 +366,40 @@ class _Run:
     # -- evaluation, logging, checkpoints -----------------------------------------------------
 
     def _evaluate(self) -> None:
-        tc = self.config.train
-        self.val_loss = evaluate(self.forward_model, self.val_windows, tc.eval_batches, self.ctx,
-                                 lambda: autocast(self.precision, self.ctx.device))
+        if self.evaluate is None:
+            return
+        record = self.evaluate(self.forward_model, lambda: autocast(self.precision, self.dist.device), self.dist)
+        self.val_loss = record["val_loss"]
         if self.best_val_loss is None or self.val_loss < self.best_val_loss:
             self.best_val_loss = self.val_loss
-        record = {"step": self.step, "val_loss": self.val_loss, "val_ppl": math.exp(min(self.val_loss, 700)),
-                  "tokens": self.tokens}
-        record["val_bpb"] = self.val_loss / math.log(2) / self.bytes_per_token
-        self._log(**record)
-        if self.ctx.is_main and self.progress:
-            tqdm.write(f"step {self.step}: val loss {self.val_loss:.4f}, perplexity {record['val_ppl']:.2f}, "
-                       f"{record['val_bpb']:.3f} bits/byte")
-            if tc.sample_tokens:  # the model's own words, indented under the figures
-                text = self._sample(tc.sample_tokens)
+        self._log(step=self.step, **record, tokens=self.tokens)
+        if self.dist.is_main and self.progress:
+            tqdm.write(f"step {self.step}: {describe_evaluation(record)}")
+            if self.settings.sample_tokens and self.sample is not None:  # the model's words, under the figures
+                text = self.sample(self.model, self.step)
                 text = "".join(c if c.isprintable() or c == "\n" else "\ufffd" for c in text)  # no control codes
                 tqdm.write(textwrap.indent(text, "    | ", lambda line: True))
-
-    def _sample(self, n_tokens: int) -> str:
-        from scratchllm.generate import generate
-
-        start = torch.tensor([self.data.val[:1].tolist()], device=self.ctx.device)
-        self.model.eval()
-        # a private generator: sampling must not shift the training RNG (exact resume)
-        out = generate(self.model, start, max_new_tokens=n_tokens, temperature=1.0, seed=self.step, crop=True)
-        self.model.train()
-        return self.data.tokenizer.decode(out[0].tolist())
 
     def _log(self, **record: Any) -> None:
         if self.metrics is not None:
             self.metrics.log(**record)
 
     def _save(self, with_val: bool) -> None:
-        if self.ctx.is_main:
+        if self.dist.is_main:
             state = {
                 "step": self.step,
                 "tokens": self.tokens,
                 "val_loss": self.val_loss if with_val else None,
                 "best_val_loss": self.best_val_loss,
                 "precision": self.precision,
-                "world_size": self.ctx.world_size,
+                "world_size": self.dist.world_size,
                 "scheduler": {"name": "warmup_cosine", "lr": self.optimizer.param_groups[0]["lr"]},
                 "rng": ckpt.rng_state(),
-                "data": self.batches.state_dict(),
+                "data": self.batches.state_dict() if hasattr(self.batches, "state_dict") else None,
             }
             if self.scaler is not None:
                 state["grad_scaler"] = self.scaler.state_dict()
-            ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir, self.step), self.model, self.data.tokenizer,
+            ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir, self.step), self.model, self.tokenizer,
                                  optimizer=self.optimizer, train_state=state)
-            ckpt.prune_checkpoints(self.run_dir, self.config.train.keep_last)
-        barrier(self.ctx)
+            ckpt.prune_checkpoints(self.run_dir, self.settings.keep_last)
+        barrier(self.dist)

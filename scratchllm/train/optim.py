@@ -9,21 +9,23 @@ since shrinking them only shifts or rescales activations (nanoGPT and GPT-3 do t
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Split trainable parameters into a decayed group (dim >= 2) and an undecayed one (dim < 2).
+def param_groups(params: nn.Module | Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
+    """Split parameters (a module's: those that require gradients) into a decayed group
+    (dim >= 2) and an undecayed one (dim < 2). A parameter given twice (tied) appears once.
 
-    Tied parameters (the same tensor under two names) appear once.
-
-    >>> groups = param_groups(nn.Linear(4, 3), weight_decay=0.1)
+    >>> groups = param_groups(nn.Linear(4, 3).parameters(), weight_decay=0.1)
     >>> [(g["weight_decay"], [tuple(p.shape) for p in g["params"]]) for g in groups]
     [(0.1, [(3, 4)]), (0.0, [(3,)])]
     """
-    params = [p for p in model.parameters() if p.requires_grad]  # parameters() skips tied duplicates
+    if isinstance(params, nn.Module):
+        params = (p for p in params.parameters() if p.requires_grad)
+    params = list({id(p): p for p in params}.values())
     return [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
@@ -31,20 +33,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(
-    model: nn.Module,
+    params: nn.Module | Iterable[nn.Parameter],
     *,
     lr: float,
     weight_decay: float,
     betas: tuple[float, float],
     device_type: str,
 ) -> torch.optim.AdamW:
-    """AdamW over ``param_groups``, using the fused kernel (one kernel for all tensors per step).
+    """AdamW over ``param_groups(params)``, using the fused kernel (one kernel for all tensors per step).
 
     The fused implementation exists for CPU and CUDA in current torch; it removes the per-tensor
     Python overhead that dominates small models.
     """
     fused = device_type in ("cpu", "cuda")
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused)
+    return torch.optim.AdamW(param_groups(params, weight_decay), lr=lr, betas=betas, fused=fused)
 
 
 def lr_at(step: int, *, max_lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:

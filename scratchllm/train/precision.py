@@ -30,7 +30,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The context a forward pass runs in for ``precision`` (a no-op for fp32).
 
-    Under it on a CPU, attention runs the written-out formula (see ``MultiHeadAttention``).
+    Under bf16 on a CPU, attention sees bf16 queries and runs the written-out formula (see
+    ``MultiHeadAttention.attend``).
     """
     if precision == "fp32":
         return contextlib.nullcontext()

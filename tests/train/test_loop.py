@@ -37,13 +37,13 @@ def test_accumulating_n_micro_batches_equals_one_batch_n_times_larger(padded):
     big_grads = _grads(model)
     model.zero_grad()
     micro = accumulate_gradients(model, [(x[i : i + 2], y[i : i + 2]) for i in range(0, 8, 2)], n_scored)
-    torch.testing.assert_close(micro, big, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(micro.total, big.total, rtol=1e-5, atol=1e-5)
     for a, b in zip(_grads(model), big_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     # the oracle: torch's own mean cross-entropy over the scored tokens
     model.zero_grad()
     expected = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX)
-    torch.testing.assert_close(big / n_scored, expected.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(big.total / n_scored, expected.detach(), rtol=1e-5, atol=1e-6)
 
 
 def _train_args(data, out, *extra):
@@ -156,7 +156,7 @@ def test_a_batch_too_big_for_memory_suggests_accumulation(tiny_data, tmp_path, m
     from train_helpers import TINY
 
     from scratchllm.errors import ScratchLLMError
-    from scratchllm.train import load_run_config, loop
+    from scratchllm.train import load_run_config, loop, train
 
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
@@ -165,4 +165,4 @@ def test_a_batch_too_big_for_memory_suggests_accumulation(tiny_data, tmp_path, m
     config = load_run_config(overrides=[*TINY, f"data.dir={tiny_data}", "train.eval_at_start=false"],
                              base={"model": {"vocab_size": 258}})
     with pytest.raises(ScratchLLMError, match="raise train.grad_accum_steps"):
-        loop.train(config, tmp_path / "run", progress=False)
+        train(config, tmp_path / "run", progress=False)
