@@ -33,25 +33,10 @@ from typing import Any
 
 import torch
 
-from scratchllm.errors import ScratchLLMError, did_you_mean
+from scratchllm import presets
+from scratchllm.errors import ScratchLLMError
 from scratchllm.fileio import atomic_write_json, atomic_write_text
 
-# Recipes: the tokenizer size, the model's shape and the optimizer settings; the number of
-# steps comes from the time budget. "default" is tuned for about 10 minutes on a 2-core CPU
-# (docs/tour.md and the README give what it reaches); "tiny" exists for tests and quick looks.
-RECIPES: dict[str, dict[str, Any]] = {
-    "default": {
-        "vocab_size": 4096,
-        "model": {"n_layers": 4, "n_heads": 4, "d_model": 256, "context_length": 128, "dropout": 0.0,
-                  "tie_embeddings": True, "gelu": "exact"},
-        "train": {"batch_size": 16, "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 100, "weight_decay": 0.1},
-    },
-    "tiny": {
-        "vocab_size": 300,
-        "model": {"n_layers": 2, "n_heads": 2, "d_model": 32, "context_length": 32, "dropout": 0.0},
-        "train": {"batch_size": 8, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 20},
-    },
-}
 SAMPLE_PROMPTS = ("To be, or not to be", "My gracious lord,", "\n")
 ATTENTION_TEXT = "To be, or not to be, that is the question"
 SAMPLE_TOKENS = 120
@@ -84,20 +69,12 @@ class DemoResult:
         return d
 
 
-def recipe(name: str) -> dict[str, Any]:
-    """A demo recipe by name; an unknown name is an error that suggests the closest."""
-    if name not in RECIPES:
-        hint = did_you_mean(name, RECIPES, cutoff=0.4)
-        raise ScratchLLMError(f"unknown demo preset '{name}'{hint} (presets: {', '.join(RECIPES)})")
-    return RECIPES[name]
-
-
 def run_demo(
     out: str | os.PathLike = "runs/demo",
     minutes: float = 10.0,
     corpus: str | os.PathLike = "shakespeare",
     *,
-    preset: str = "default",
+    preset: str = "demo",
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     echo: Callable[[str], Any] | None = print,
@@ -112,22 +89,22 @@ def run_demo(
     started = time.perf_counter()
     if minutes <= 0:
         raise ScratchLLMError(f"--minutes must be positive, got {minutes:g}")
-    settings = recipe(preset)
+    recipe = presets.get(preset)
     out = Path(out)
     if list_checkpoints(out):
         raise ScratchLLMError(f"{out} already holds a trained run: give --out a new folder, or delete {out}")
 
-    say(f"[1/5] tokenizer and token shards for '{corpus}' (vocabulary {settings['vocab_size']:,})")
-    data_dir = prepare(corpus, out / "data", vocab_size=settings["vocab_size"], cache_dir=cache_dir)
+    say(f"[1/5] tokenizer and token shards for '{corpus}' (vocabulary {recipe.vocab_size:,})")
+    data_dir = prepare(corpus, out / "data", vocab_size=recipe.vocab_size, cache_dir=cache_dir)
     data = open_prepared(data_dir)
 
     say(f"[2/5] timing {CALIBRATION_STEPS} real training steps to plan the run")
-    config = demo_config(settings, data, max_steps=CALIBRATION_STEPS)
+    config = demo_config(recipe, data, max_steps=CALIBRATION_STEPS)
     train(config, out, progress=False)
     step_seconds = measured_step_seconds(out)
     max_steps, max_seconds = plan_steps(step_seconds, started + minutes * 60 - time.perf_counter(), config,
                                         len(data.val))
-    config = demo_config(settings, data, max_steps=max_steps, max_seconds=max_seconds)
+    config = demo_config(recipe, data, max_steps=max_steps, max_seconds=max_seconds)
     say(f"      {_num_params(config.model):,} parameters, batch {config.train.batch_size} x "
         f"{config.model.context_length} tokens, {_precision(out)}: {step_seconds * 1000:.0f} ms/step "
         f"-> {max_steps:,} steps fit in {minutes:g} min")
@@ -167,7 +144,7 @@ def run_demo(
     return demo
 
 
-def demo_config(settings: dict[str, Any], data: Any, max_steps: int, max_seconds: float = 0.0) -> Any:
+def demo_config(recipe: presets.Preset, data: Any, max_steps: int, max_seconds: float = 0.0) -> Any:
     """The run config of a recipe on prepared ``data``, for ``max_steps`` optimizer updates
     (stopping earlier if they take more than ``max_seconds``).
 
@@ -177,11 +154,10 @@ def demo_config(settings: dict[str, Any], data: Any, max_steps: int, max_seconds
     from scratchllm.model import GPTConfig
     from scratchllm.train.config import DataConfig, RunConfig, TrainConfig
 
-    model_cfg = GPTConfig(**{**settings["model"], "vocab_size": data.vocab_size})
-    train_cfg = TrainConfig(**settings["train"], max_steps=max_steps, max_seconds=max_seconds, precision="auto",
-                            keep_last=1,
-                            eval_interval=0 if max_steps <= CALIBRATION_STEPS else max(1, max_steps // N_EVALS),
-                            eval_batches=EVAL_BATCHES)
+    model_cfg = GPTConfig(**{**recipe.model, "vocab_size": data.vocab_size})
+    eval_interval = 0 if max_steps <= CALIBRATION_STEPS else max(1, max_steps // N_EVALS)
+    train_cfg = TrainConfig(**{**recipe.train, "max_steps": max_steps, "max_seconds": max_seconds, "precision": "auto",
+                               "keep_last": 1, "eval_interval": eval_interval, "eval_batches": EVAL_BATCHES})
     return RunConfig(model=model_cfg, train=train_cfg, data=DataConfig(str(Path(data.path).resolve())))
 
 
@@ -202,7 +178,7 @@ def plan_steps(step_seconds: float, seconds_left: float, config: Any, val_tokens
     guard that ends the run on time even if its steps turn out more than ``STEP_MARGIN`` slower).
 
     >>> from types import SimpleNamespace
-    >>> tiny = demo_config(RECIPES["tiny"], SimpleNamespace(vocab_size=300, path="."), max_steps=20)
+    >>> tiny = demo_config(presets.get("demo-tiny"), SimpleNamespace(vocab_size=300, path="."), max_steps=20)
     >>> steps, seconds = plan_steps(0.1, 600.0, tiny, val_tokens=10_000)
     >>> steps, round(seconds, 1)
     (5123, 586.9)

@@ -26,7 +26,7 @@ def demo_run(tmp_path_factory, verdict_path):
     corpus = root / "verdict.txt"
     shutil.copy(verdict_path, corpus)
     out = root / "run"
-    code = main(["demo", "--minutes", "0.25", "--preset", "tiny", "--corpus", str(corpus), "--out", str(out),
+    code = main(["demo", "--minutes", "0.25", "--preset", "demo-tiny", "--corpus", str(corpus), "--out", str(out),
                  "--quiet"])
     return code, out
 
@@ -99,9 +99,9 @@ def test_held_out_score_equals_a_plain_cross_entropy(demo_run):
 
 def test_newcomer_errors_are_one_line(demo_run, tmp_path, capsys):
     code, out = demo_run
-    assert main(["demo", "--preset", "tiniy", "--out", str(tmp_path / "x")]) == 2
-    assert "did you mean 'tiny'" in capsys.readouterr().err
-    assert main(["demo", "--preset", "tiny", "--out", str(out)]) == 2
+    assert main(["demo", "--preset", "demo-tiniy", "--out", str(tmp_path / "x")]) == 2
+    assert "did you mean 'demo-tiny'" in capsys.readouterr().err
+    assert main(["demo", "--preset", "demo-tiny", "--out", str(out)]) == 2
     assert "already holds a trained run" in capsys.readouterr().err
     assert main(["demo", "--minutes", "0", "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err

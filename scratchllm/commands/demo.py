@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", default="shakespeare",
                    help="shakespeare (default: the complete works, whole works held out), another named corpus, "
                         "or a .txt/.jsonl/.parquet file, folder or glob")
-    p.add_argument("--preset", default="default", help="model and tokenizer recipe: default, or tiny (a quick check)")
+    p.add_argument("--preset", default="demo", metavar="NAME",
+                   help="the recipe (scratchllm/presets.py): demo (default), demo-tiny (a quick check), or any other")
     p.add_argument("--cache-dir", default=None,
                    help="download cache (default: $SCRATCHLLM_DATA_DIR or ~/.cache/scratchllm)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from scratchllm.checkpoint import load_checkpoint
     from scratchllm.errors import ScratchLLMError
     from scratchllm.generate import stream
+    from scratchllm.tokenizer import ENDOFTEXT
 
     model, tokenizer = load_checkpoint(args.checkpoint)
     if tokenizer is None:
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     ids = tokenizer.encode(args.prompt)
     if not ids:
         raise ScratchLLMError("the prompt is empty; give at least one character")
-    eot = tokenizer.special_tokens.get("<|endoftext|>")
+    eot = tokenizer.special_tokens.get(ENDOFTEXT)
     stops = [eot] if eot is not None else []
     # A token can end in the middle of a UTF-8 character: decode bytes incrementally.
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")

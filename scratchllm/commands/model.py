@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from scratchllm.presets import PRESETS
+
     p = subparsers.add_parser("model", help="facts about a model shape", description=__doc__)
     sub = p.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
     info = sub.add_parser(
         "info",
         help="parameters, FLOPs per token and memory of a preset",
         description="Print the parameter count (untied and tied embeddings), FLOPs per token and memory "
-        "estimates of a preset, optionally with fields overridden (--set n_layers=6).",
+        "estimates of a preset, optionally with fields overridden (--set model.n_layers=6).",
     )
-    info.add_argument("--preset", required=True, metavar="NAME", help="gpt2-124m, gpt2-medium, gpt2-large, gpt2-xl, "
-                      "small or tiny")
-    info.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                      help="override a config field (repeatable), e.g. --set pos_encoding=rope")
+    info.add_argument("--preset", required=True, metavar="NAME",
+                      help=f"a recipe of scratchllm/presets.py: {', '.join(PRESETS)}")
+    info.add_argument("--set", action="append", default=[], metavar="model.KEY=VALUE", dest="overrides",
+                      help="override a model field as `train` does (repeatable), e.g. --set model.pos_encoding=rope")
     info.add_argument("--batch-size", type=int, default=1, help="sequences for the KV cache and activations")
     info.set_defaults(func=run_info)
 
@@ -28,16 +29,14 @@ def run_info(args: argparse.Namespace) -> int:
 
     from scratchllm.errors import ScratchLLMError
     from scratchllm.model import GPT, GPTConfig
+    from scratchllm.train.config import parse_override
 
     overrides = {}
     for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ScratchLLMError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value  # a bare word: a string field such as norm=rmsnorm
+        section, key, value = parse_override(item)
+        if section != "model":
+            raise ScratchLLMError(f"--set {item}: `model info` takes model.KEY=VALUE settings only")
+        overrides[key] = value
     config = GPTConfig.preset(args.preset, **overrides)
     with torch.device("meta"):  # shapes only: even gpt2-xl costs no memory here
         model = GPT(config)

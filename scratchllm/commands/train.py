@@ -9,7 +9,7 @@ from scratchllm.errors import ScratchLLMError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from scratchllm.train.config import PRESETS
+    from scratchllm.presets import PRESETS
 
     p = subparsers.add_parser(
         "train",
@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "defaults <- --preset <- --config FILE.toml <- --set section.key=value; the resolved config is "
         "saved as RUN_DIR/config.toml. Under torchrun each process trains one data-parallel rank.",
     )
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a recipe to start from")
+    p.add_argument("--preset", choices=list(PRESETS), metavar="NAME",
+                   help=f"a recipe to start from (scratchllm/presets.py): {', '.join(PRESETS)}")
     p.add_argument("--config", metavar="FILE", help="a TOML run config ([model], [train], [data] tables)")
     p.add_argument("--data", metavar="DATA_DIR", help="prepared data folder (scratchllm prepare --out)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder: config.toml, metrics.jsonl, checkpoints/, loss.png")

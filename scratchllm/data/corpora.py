@@ -46,8 +46,8 @@ from tqdm import tqdm
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.fileio import atomic_path
+from scratchllm.tokenizer import ENDOFTEXT
 
-EOT = "<|endoftext|>"
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 
@@ -391,12 +391,12 @@ def _txt_pieces(source: Source, chunk_chars: int) -> Iterator[tuple[str, bool]]:
     """Stream a .txt file (or its part) as pieces; a literal <|endoftext|> ends a document."""
     carry = ""
     for chunk in _read_chars(source, chunk_chars):
-        docs = (carry + chunk).split(EOT)
+        docs = (carry + chunk).split(ENDOFTEXT)
         for doc in docs[:-1]:
             yield doc, True
         # Hold back a tail that could be the start of a separator split across two reads.
         tail = docs[-1]
-        keep = next((k for k in range(min(len(EOT) - 1, len(tail)), 0, -1) if EOT.startswith(tail[-k:])), 0)
+        keep = next((k for k in range(min(len(ENDOFTEXT) - 1, len(tail)), 0, -1) if ENDOFTEXT.startswith(tail[-k:])), 0)
         if len(tail) > keep:
             yield tail[: len(tail) - keep], False
         carry = tail[len(tail) - keep:]

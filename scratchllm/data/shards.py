@@ -40,7 +40,6 @@ from tqdm import tqdm
 
 from scratchllm import __version__
 from scratchllm.data.corpora import (
-    EOT,
     CorpusSplit,
     Source,
     iter_pieces,
@@ -50,7 +49,7 @@ from scratchllm.data.corpora import (
 )
 from scratchllm.errors import ScratchLLMError
 from scratchllm.fileio import atomic_path, atomic_write_json, read_json
-from scratchllm.tokenizer import DEFAULT_SPECIAL_TOKENS, BPETokenizer
+from scratchllm.tokenizer import DEFAULT_SPECIAL_TOKENS, ENDOFTEXT, BPETokenizer
 from scratchllm.tokenizer.patterns import last_safe_cut
 
 FORMAT_VERSION = 1
@@ -114,7 +113,7 @@ _WORKER: tuple[BPETokenizer, int, np.dtype] | None = None
 def _init_worker(tokenizer_dir: str) -> None:
     global _WORKER
     tokenizer = BPETokenizer.load(tokenizer_dir)
-    _WORKER = (tokenizer, tokenizer.special_tokens[EOT], token_dtype(tokenizer.vocab_size))
+    _WORKER = (tokenizer, tokenizer.special_tokens[ENDOFTEXT], token_dtype(tokenizer.vocab_size))
 
 
 def _encode_job(job: list[str | None]) -> tuple[np.ndarray, int, int]:
@@ -127,7 +126,7 @@ def _encode_job(job: list[str | None]) -> tuple[np.ndarray, int, int]:
 def encode_job(job: list[str | None], tokenizer: BPETokenizer, eot: int | None) -> list[int]:
     """The ids of one job: its texts encoded as plain text, ``eot`` for each ``None`` (left out if None).
 
-    >>> encode_job(["ab", None, "c"], BPETokenizer([], special_tokens={EOT: 256}), 256)
+    >>> encode_job(["ab", None, "c"], BPETokenizer([], special_tokens={ENDOFTEXT: 256}), 256)
     [97, 98, 256, 99]
     """
     ids: list[int] = []
@@ -145,7 +144,7 @@ def encode_sources(sources: Iterable[Source], tokenizer: BPETokenizer) -> np.nda
     >>> encode_sources([], BPETokenizer([])).tolist()
     []
     """
-    eot = tokenizer.special_tokens.get(EOT)
+    eot = tokenizer.special_tokens.get(ENDOFTEXT)
     ids = [i for job in encoding_jobs(sources) for i in encode_job(job, tokenizer, eot)]
     return np.asarray(ids, dtype=token_dtype(tokenizer.vocab_size))
 
@@ -226,9 +225,9 @@ def prepare(
         tok = tokenizer
     else:
         tok = BPETokenizer.load(tokenizer)
-    if EOT not in tok.special_tokens:
-        raise ScratchLLMError(f"the tokenizer has no {EOT} special token, which separates documents in the shards: "
-                              f"train one with it (special_tokens=[{EOT!r}, ...])")
+    if ENDOFTEXT not in tok.special_tokens:
+        raise ScratchLLMError(f"the tokenizer has no {ENDOFTEXT} special token, which separates documents in "
+                              f"the shards: train one with it (special_tokens=[{ENDOFTEXT!r}, ...])")
     dtype = token_dtype(tok.vocab_size)
     workers = workers or os.cpu_count() or 1
     total_chars = sum(s.path.stat().st_size * (s.stop - s.start) for s in split.train + split.val)
@@ -262,7 +261,7 @@ def prepare(
             "dtype": dtype.name,
             "tokenizer": {"dir": "tokenizer", "fingerprint": tok.fingerprint(), "vocab_size": tok.vocab_size,
                           "special_tokens": tok.special_tokens},
-            "eot_id": tok.special_tokens[EOT],
+            "eot_id": tok.special_tokens[ENDOFTEXT],
             "splits": stats,
             "sources": [
                 {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path),

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from scratchllm import presets
 from scratchllm.errors import ScratchLLMError, did_you_mean
 from scratchllm.model import registry
 
@@ -141,10 +142,8 @@ class GPTConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> GPTConfig:
-        """A named shape (see ``PRESETS``), with any field overridden."""
-        if name not in PRESETS:
-            raise ScratchLLMError(f"unknown preset {name!r}{_hint(name, PRESETS)}; presets: {', '.join(PRESETS)}")
-        return cls.from_dict({**PRESETS[name], **overrides})
+        """The model shape of a preset (``scratchllm.presets``), with any field overridden."""
+        return cls.from_dict({**presets.get(name).model, **overrides})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
@@ -158,20 +157,6 @@ class GPTConfig:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of every field."""
         return dataclasses.asdict(self)
-
-
-_GPT2 = dict(vocab_size=50257, context_length=1024, dropout=0.1, qkv_bias=False)
-PRESETS: dict[str, dict[str, Any]] = {
-    # The book's GPT_CONFIG_124M: 163,009,536 parameters untied, 124,412,160 tied.
-    "gpt2-124m": dict(_GPT2, d_model=768, n_heads=12, n_layers=12),
-    "gpt2-medium": dict(_GPT2, d_model=1024, n_heads=16, n_layers=24),
-    "gpt2-large": dict(_GPT2, d_model=1280, n_heads=20, n_layers=36),
-    "gpt2-xl": dict(_GPT2, d_model=1600, n_heads=25, n_layers=48),
-    # nanoGPT's CPU recipe shape (vocab set by the tokenizer you train).
-    "small": dict(vocab_size=50257, context_length=64, d_model=128, n_heads=4, n_layers=4, dropout=0.0),
-    # For tests: builds and runs in milliseconds.
-    "tiny": dict(vocab_size=512, context_length=64, d_model=64, n_heads=4, n_layers=2, dropout=0.0),
-}
 
 
 def _hint(wrong: str, choices: Any) -> str:

@@ -32,6 +32,7 @@ import numpy as np
 import regex
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.tokenizer import formats
 from scratchllm.tokenizer.batch import PairTable, encode_chunks
 from scratchllm.tokenizer.patterns import Splitter, resolve_pattern
 from scratchllm.tokenizer.train import count_chunks, learn_merges
@@ -340,15 +341,11 @@ class BPETokenizer:
     # ----------------------------------------------------------------------------- files
     def to_dict(self) -> dict:
         """The tokenizer as plain JSON data (our versioned format; see formats.py)."""
-        from scratchllm.tokenizer.formats import tokenizer_to_dict
-
-        return tokenizer_to_dict(self)
+        return formats.tokenizer_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> BPETokenizer:
-        from scratchllm.tokenizer.formats import tokenizer_from_dict
-
-        return tokenizer_from_dict(data)
+        return cls(**formats.tokenizer_args(data))
 
     def fingerprint(self) -> str:
         """sha256 hex of the canonical JSON of this tokenizer: equal tokenizers, equal prints."""
@@ -357,28 +354,20 @@ class BPETokenizer:
 
     def save(self, directory: str | os.PathLike, force: bool = False) -> Path:
         """Write ``directory/tokenizer.json`` (our format); refuses to replace a different one."""
-        from scratchllm.tokenizer.formats import save_tokenizer
-
-        return save_tokenizer(self, directory, force=force)
+        return formats.save_tokenizer(self, directory, force=force)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> BPETokenizer:
         """Load a tokenizer saved with :meth:`save` (a directory or the JSON file itself)."""
-        from scratchllm.tokenizer.formats import load_tokenizer
-
-        return load_tokenizer(directory)
+        return cls(**formats.read_tokenizer(directory))
 
     def export_tiktoken(self, path: str | os.PathLike) -> Path:
         """Write a ``.tiktoken`` ranks file (+ ``.json`` sidecar with pattern and specials)."""
-        from scratchllm.tokenizer.formats import export_tiktoken
-
-        return export_tiktoken(self, path)
+        return formats.export_tiktoken(self, path)
 
     def export_hf(self, path: str | os.PathLike) -> Path:
         """Write a Hugging Face ``tokenizer.json`` (a directory gets ``tokenizer.json`` inside)."""
-        from scratchllm.tokenizer.formats import export_hf
-
-        return export_hf(self, path)
+        return formats.export_hf(self, path)
 
     @classmethod
     def from_tiktoken(
@@ -392,9 +381,7 @@ class BPETokenizer:
         Pattern and special tokens default to the file's ``.json`` sidecar (as written by
         :meth:`export_tiktoken`), else ``"gpt4"`` and none.
         """
-        from scratchllm.tokenizer.formats import load_tiktoken
-
-        return load_tiktoken(path, pattern=pattern, special_tokens=special_tokens)
+        return cls(**formats.read_tiktoken(path, pattern=pattern, special_tokens=special_tokens))
 
     @classmethod
     def from_gpt2_files(
@@ -405,9 +392,7 @@ class BPETokenizer:
         Special tokens are the entries of ``encoder.json`` that are not bytes or merges
         (``<|endoftext|>`` = 50256 for GPT-2); ``special_tokens`` adds more after them.
         """
-        from scratchllm.tokenizer.formats import load_gpt2_files
-
-        return load_gpt2_files(encoder_json, vocab_bpe, special_tokens=special_tokens)
+        return cls(**formats.read_gpt2_files(encoder_json, vocab_bpe, special_tokens=special_tokens))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, BPETokenizer) and self.to_dict() == other.to_dict()

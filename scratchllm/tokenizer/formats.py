@@ -14,6 +14,10 @@ Interop:
 - Hugging Face ``tokenizer.json``: a byte-level BPE model whose tokens are written with GPT-2's
   byte-to-character table (``bytes_to_unicode``: space is ``Ġ``);
 - GPT-2's ``encoder.json`` + ``vocab.bpe`` (Hugging Face calls them ``vocab.json`` + ``merges.txt``).
+
+Readers return ``TokenizerArgs``, the arguments of ``BPETokenizer(...)``, and writers read a
+tokenizer's public attributes, so this module needs no import of the class it serves
+(``bpe.py`` imports it, one way).
 """
 
 from __future__ import annotations
@@ -24,11 +28,17 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.fileio import atomic_write_json, atomic_write_text, read_json
-from scratchllm.tokenizer.bpe import BPETokenizer
 from scratchllm.tokenizer.patterns import GPT2_PATTERN
+
+if TYPE_CHECKING:
+    from scratchllm.tokenizer.bpe import BPETokenizer
+
+# merges, pattern, special_tokens and byte_ids: what BPETokenizer(**args) is built from
+TokenizerArgs = dict[str, Any]
 
 FORMAT = "scratchllm-bpe"
 VERSION = 1
@@ -50,8 +60,8 @@ def tokenizer_to_dict(tok: BPETokenizer) -> dict:
     }
 
 
-def tokenizer_from_dict(data: object) -> BPETokenizer:
-    """Rebuild a tokenizer from :func:`tokenizer_to_dict` output; errors name what is wrong."""
+def tokenizer_args(data: object) -> TokenizerArgs:
+    """The constructor arguments in :func:`tokenizer_to_dict` output; errors name what is wrong."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ScratchLLMError(f'not a scratchllm tokenizer (expected "format": "{FORMAT}")')
     if data.get("version") != VERSION:
@@ -62,10 +72,9 @@ def tokenizer_from_dict(data: object) -> BPETokenizer:
     try:
         merges = [(int(m[0]), int(m[1]), int(m[2])) for m in data["merges"]]
         specials = {str(k): int(v) for k, v in data["special_tokens"].items()}
-        return BPETokenizer(merges, pattern=str(data["pattern"]), special_tokens=specials, byte_ids=data["byte_ids"])
+        byte_ids = None if data["byte_ids"] is None else [int(b) for b in data["byte_ids"]]
+        return {"merges": merges, "pattern": str(data["pattern"]), "special_tokens": specials, "byte_ids": byte_ids}
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
-        if isinstance(err, ScratchLLMError):
-            raise
         raise ScratchLLMError(f"corrupt tokenizer data ({type(err).__name__}: {err}); re-save or retrain it") from err
 
 
@@ -90,7 +99,7 @@ def save_tokenizer(tok: BPETokenizer, directory: str | os.PathLike, force: bool 
     path = directory / FILENAME
     if path.exists() and not force:
         try:
-            same = load_tokenizer(path) == tok
+            same = read_tokenizer(path) == tokenizer_args(tokenizer_to_dict(tok))
         except ScratchLLMError:
             same = False
         if not same:
@@ -101,8 +110,8 @@ def save_tokenizer(tok: BPETokenizer, directory: str | os.PathLike, force: bool 
     return path
 
 
-def load_tokenizer(path: str | os.PathLike) -> BPETokenizer:
-    """Load our format from a directory (``tokenizer.scratchllm.json`` inside) or the file."""
+def read_tokenizer(path: str | os.PathLike) -> TokenizerArgs:
+    """Read our format from a directory (``tokenizer.scratchllm.json`` inside) or the file."""
     path = Path(path)
     if path.is_dir():
         path = path / FILENAME
@@ -116,7 +125,7 @@ def load_tokenizer(path: str | os.PathLike) -> BPETokenizer:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise ScratchLLMError(f"tokenizer file {path} is corrupt (invalid JSON: {err}); re-save or retrain it") from err
-    return tokenizer_from_dict(data)
+    return tokenizer_args(data)
 
 
 # --------------------------------------------------------------------------------- tiktoken
@@ -137,9 +146,9 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def load_tiktoken(
+def read_tiktoken(
     path: str | os.PathLike, pattern: str | None = None, special_tokens: dict[str, int] | Sequence[str] | None = None
-) -> BPETokenizer:
+) -> TokenizerArgs:
     """Read a ``.tiktoken`` ranks file; pattern and specials default to its ``.json`` sidecar.
 
     The merges are recovered by running BPE on each token's bytes with the lower ranks only:
@@ -177,7 +186,7 @@ def load_tiktoken(
         first = max(ranks.values()) + 1
         special_tokens = {s: first + i for i, s in enumerate(special_tokens)}
     byte_ids = [ranks[bytes([b])] for b in range(256)]
-    return BPETokenizer(merges, pattern=pattern, special_tokens=special_tokens, byte_ids=byte_ids)
+    return {"merges": merges, "pattern": pattern, "special_tokens": special_tokens, "byte_ids": byte_ids}
 
 
 def _split_token(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[int, int]:
@@ -278,9 +287,9 @@ def export_hf(tok: BPETokenizer, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_gpt2_files(
+def read_gpt2_files(
     encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike, special_tokens: Sequence[str] = ()
-) -> BPETokenizer:
+) -> TokenizerArgs:
     """Read GPT-2's ``encoder.json`` (token string -> id) and ``vocab.bpe`` (one merge a line)."""
     try:
         encoder = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
@@ -306,4 +315,4 @@ def load_gpt2_files(
     specials = {s: i for s, i in encoder.items() if i not in known}
     first = max(encoder.values()) + 1
     specials.update({s: first + k for k, s in enumerate(s for s in special_tokens if s not in specials)})
-    return BPETokenizer(merges, pattern=GPT2_PATTERN, special_tokens=specials, byte_ids=byte_ids)
+    return {"merges": merges, "pattern": GPT2_PATTERN, "special_tokens": specials, "byte_ids": byte_ids}

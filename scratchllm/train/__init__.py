@@ -5,10 +5,10 @@
 >>> train(config, "runs/baby")                                                # doctest: +SKIP
 """
 
-from scratchllm.train.config import PRESETS, RunConfig, TrainConfig, load_run_config
+from scratchllm.train.config import RunConfig, TrainConfig, load_run_config
 from scratchllm.train.evaluation import Score, score_tokens
 from scratchllm.train.loop import Trainer, TrainResult
 from scratchllm.train.run import train
 
-__all__ = ["PRESETS", "RunConfig", "Score", "TrainConfig", "TrainResult", "Trainer", "load_run_config", "score_tokens",
+__all__ = ["RunConfig", "Score", "TrainConfig", "TrainResult", "Trainer", "load_run_config", "score_tokens",
            "train"]

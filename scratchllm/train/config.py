@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scratchllm import presets
 from scratchllm.errors import ScratchLLMError, did_you_mean
 from scratchllm.fileio import atomic_write_text
 from scratchllm.model import GPTConfig
@@ -119,43 +120,6 @@ class RunConfig:
 
 SECTIONS: dict[str, type] = {"model": GPTConfig, "train": TrainConfig, "data": DataConfig}
 
-# nanoGPT's model choices, which its recipes were tuned with: no biases, exact GELU, tied head.
-_NANOGPT = {"bias": False, "gelu": "exact", "tie_embeddings": True}
-
-# Presets: a starting point per recipe. "model" keys are GPTConfig fields, "train" TrainConfig fields.
-# The vocabulary size comes from the prepared data unless a layer sets model.vocab_size.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # nanoGPT's CPU recipe for Tiny Shakespeare (its README: "I only have a macbook").
-    "baby-shakespeare": {
-        "model": {"n_layers": 4, "n_heads": 4, "d_model": 128, "context_length": 64, "dropout": 0.0, **_NANOGPT},
-        "train": {"max_steps": 2000, "batch_size": 12, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 100},
-    },
-    # nanoGPT's config/train_shakespeare_char.py shape.
-    "shakespeare-small": {
-        "model": {"n_layers": 6, "n_heads": 6, "d_model": 384, "context_length": 256, "dropout": 0.2, **_NANOGPT},
-        "train": {"max_steps": 5000, "batch_size": 12, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 100},
-    },
-    # Tiny Shakespeare at the byte level to nanoGPT's 2000-step validation loss (1.886) in a fraction of
-    # its time: 3 Llama-style blocks (RoPE, RMSNorm, SwiGLU), twice the context, a 4x hotter and 4x
-    # shorter schedule, bf16 products, one evaluation (the whole validation split) at the end.
-    "speedrun-tinyshakespeare": {
-        "model": {"n_layers": 3, "n_heads": 4, "d_model": 128, "context_length": 128, "dropout": 0.0,
-                  "pos_encoding": "rope", "norm": "rmsnorm", "ffn": "swiglu"},
-        "train": {"max_steps": 500, "batch_size": 12, "lr": 4e-3, "min_lr": 1e-4, "warmup_steps": 30,
-                  "beta2": 0.95, "precision": "bf16", "eval_interval": 0, "eval_batches": 0,
-                  "eval_at_start": False},
-    },
-    # GPT-2 small; 12 x 40 x 1024 = ~0.5M tokens per update as in GPT-3's table.
-    "gpt2-124m": {
-        "model": {"n_layers": 12, "n_heads": 12, "d_model": 768, "context_length": 1024, "dropout": 0.0},
-        "train": {
-            "max_steps": 600000, "batch_size": 12, "grad_accum_steps": 40, "lr": 6e-4, "min_lr": 6e-5,
-            "warmup_steps": 2000, "beta2": 0.95, "eval_interval": 1000, "eval_batches": 100,
-        },
-    },
-}
-
-
 def load_run_config(
     preset: str | None = None,
     config_file: str | Path | None = None,
@@ -190,10 +154,9 @@ def explicit_settings(
         preset = preset if preset is not None else file_preset
     layers: list[tuple[str, dict[str, Any]]] = []
     if preset is not None:
-        if preset not in PRESETS:
-            hint = did_you_mean(preset, PRESETS) or f"; choose from {', '.join(PRESETS)}"
-            raise ScratchLLMError(f"unknown preset '{preset}'{hint}")
-        layers.append((f"preset {preset}", PRESETS[preset]))
+        recipe = presets.get(preset)
+        shape = {k: v for k, v in recipe.model.items() if k != "vocab_size"}  # the data's vocabulary decides
+        layers.append((f"preset {preset}", {"model": shape, "train": recipe.train}))
     if config_file is not None:
         layers.append((str(config_file), file_data))
     merged: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}

@@ -22,8 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scratchllm.data import corpora
-from scratchllm.data.corpora import EOT, Source, corpus_files, iter_pieces, split_corpus
+from scratchllm.data.corpora import Source, corpus_files, iter_pieces, split_corpus
 from scratchllm.errors import ScratchLLMError
+from scratchllm.tokenizer import ENDOFTEXT
 
 
 class _Server:
@@ -206,7 +207,7 @@ def test_single_file_split_matches_nanogpt(verdict_path):
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.lists(st.sampled_from(["a", "b", " ", "\n", "é", EOT, "<|", "|>", "<|end"]), max_size=60),
+    st.lists(st.sampled_from(["a", "b", " ", "\n", "é", ENDOFTEXT, "<|", "|>", "<|end"]), max_size=60),
     st.integers(1, 20),
     st.floats(0.05, 0.95),
 )
@@ -218,7 +219,7 @@ def test_pieces_give_back_the_documents(tmp_path_factory, parts, chunk, cut):
     def docs(source):
         out, cur = [], ""
         for piece, ends in iter_pieces(source, chunk):
-            assert len(piece) <= chunk + len(EOT)
+            assert len(piece) <= chunk + len(ENDOFTEXT)
             cur += piece
             if ends:
                 out.append(cur)
@@ -226,10 +227,10 @@ def test_pieces_give_back_the_documents(tmp_path_factory, parts, chunk, cut):
         assert cur == ""
         return out
 
-    assert docs(Source(path)) == text.split(EOT)
+    assert docs(Source(path)) == text.split(ENDOFTEXT)
     k = int(len(text) * cut)
-    assert docs(Source(path, 0.0, cut)) == text[:k].split(EOT)
-    assert docs(Source(path, cut, 1.0)) == text[k:].split(EOT)
+    assert docs(Source(path, 0.0, cut)) == text[:k].split(ENDOFTEXT)
+    assert docs(Source(path, cut, 1.0)) == text[k:].split(ENDOFTEXT)
 
 
 def test_user_paths_folder_glob_jsonl(tmp_path):

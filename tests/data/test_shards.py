@@ -14,10 +14,9 @@ import pytest
 from scratchllm.cli import main
 from scratchllm.data import shards
 from scratchllm.data.batches import RandomBatches
-from scratchllm.data.corpora import EOT
 from scratchllm.data.shards import open_prepared, prepare, token_dtype
 from scratchllm.errors import ScratchLLMError
-from scratchllm.tokenizer import BPETokenizer
+from scratchllm.tokenizer import ENDOFTEXT, BPETokenizer
 
 
 @pytest.fixture
@@ -53,7 +52,7 @@ def test_prepare_the_verdict_end_to_end(tmp_path, verdict_cache, monkeypatch):
     # Streaming in 700-character jobs over 2 processes gives the ids of encoding each part whole.
     assert data.train.tolist() == tok.encode_ordinary(text[:cut])
     assert tok.decode(data.val.tolist()) == text[cut:]
-    assert tok.vocab_size == 400 and data.eot_id == tok.special_tokens[EOT]
+    assert tok.vocab_size == 400 and data.eot_id == tok.special_tokens[ENDOFTEXT]
     m = data.manifest
     assert m["format_version"] == shards.FORMAT_VERSION and m["dtype"] == "uint16"
     assert m["tokenizer"]["fingerprint"] == BPETokenizer.load(out / "tokenizer").fingerprint()
@@ -70,7 +69,7 @@ def test_documents_are_separated_by_endoftext(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     texts = {
-        "a.txt": "First file.\nStory one." + EOT + "\nStory two.\n",
+        "a.txt": "First file.\nStory one." + ENDOFTEXT + "\nStory two.\n",
         "b.txt": "Second file, no separator.\n",
         "c.jsonl": "\n".join(json.dumps({"text": t}) for t in ["json doc one", "json doc \u00e9\u00e8 two"]),
         "d.txt": "Fourth.",
@@ -92,14 +91,14 @@ def test_documents_are_separated_by_endoftext(tmp_path):
             return texts[name]
         if name.endswith(".jsonl"):
             return [json.loads(line)["text"] for line in texts[name].splitlines()]
-        return texts[name].split(EOT)
+        return texts[name].split(ENDOFTEXT)
 
     train_docs = [d for name in sorted(texts) if name not in val_files for d in docs(name)]
     val_docs = [d for name in sorted(texts) if name in val_files for d in docs(name)]
     eot = data.eot_id
     assert data.train.tolist() == _join([tok.encode_ordinary(d) for d in train_docs], eot)
-    assert tok.decode(data.train.tolist()) == EOT.join(train_docs)
-    assert tok.decode(data.val.tolist()) == EOT.join(val_docs)
+    assert tok.decode(data.train.tolist()) == ENDOFTEXT.join(train_docs)
+    assert tok.decode(data.val.tolist()) == ENDOFTEXT.join(val_docs)
     assert data.manifest["splits"]["train"]["documents"] == len(train_docs)
 
 
@@ -113,7 +112,7 @@ def _join(parts: list[list[int]], sep: int) -> list[int]:
 def test_token_dtype_fits_the_vocabulary(tmp_path):
     assert token_dtype(256) == np.uint16 and token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
     (tmp_path / "t.txt").write_text("hello world\n" * 30)
-    big = BPETokenizer([], pattern="gpt2", special_tokens={EOT: 70_000})  # ids up to 70,000 need uint32
+    big = BPETokenizer([], pattern="gpt2", special_tokens={ENDOFTEXT: 70_000})  # ids up to 70,000 need uint32
     data = open_prepared(prepare(tmp_path / "t.txt", tmp_path / "data", tokenizer=big, workers=1))
     assert data.train.dtype == np.uint32 and data.manifest["dtype"] == "uint32"
     assert (tmp_path / "data" / "train.bin").stat().st_size == 4 * len(data.train)

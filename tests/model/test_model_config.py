@@ -72,5 +72,9 @@ def test_cli_model_info_prints_both_counts(capsys):
     assert main(["model", "info", "--preset", "gpt2-124m"]) == 0
     out = capsys.readouterr().out
     assert "163,009,536" in out and "124,412,160" in out and "FLOPs per token" in out
-    assert main(["model", "info", "--preset", "tiny", "--set", "n_head=2"]) == 2
-    assert "n_heads" in capsys.readouterr().err
+    assert main(["model", "info", "--preset", "tiny", "--set", "model.n_head=2"]) == 2
+    assert "model.n_heads" in capsys.readouterr().err  # the closest key, as `train --set` suggests it
+    assert main(["model", "info", "--preset", "tiny", "--set", "n_layers=2"]) == 2
+    assert "section.key=value" in capsys.readouterr().err
+    assert main(["model", "info", "--preset", "tiny", "--set", "model.n_layers=3"]) == 0
+    assert "n_layers=3" in capsys.readouterr().out

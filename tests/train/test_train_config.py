@@ -8,8 +8,8 @@ import pytest
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.model import GPTConfig
+from scratchllm.presets import PRESETS
 from scratchllm.train.config import (
-    PRESETS,
     RunConfig,
     TrainConfig,
     explicit_settings,
@@ -23,10 +23,13 @@ from scratchllm.train.precision import check_precision
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_builds(name):
     config = load_run_config(name, base={"model": {"vocab_size": 258}})
-    for section, values in PRESETS[name].items():
+    preset = PRESETS[name]
+    for section, values in (("model", preset.model), ("train", preset.train)):
         for key, value in values.items():
-            assert getattr(getattr(config, section), key) == value
-    assert config.model.vocab_size == 258  # the data's vocabulary unless the preset says otherwise
+            if key != "vocab_size":
+                assert getattr(getattr(config, section), key) == value
+    assert config.model.vocab_size == 258  # training takes the data's vocabulary, whatever the preset's
+    assert GPTConfig.preset(name).to_dict() == GPTConfig.from_dict(preset.model).to_dict()  # model info's shape
 
 
 def test_baby_shakespeare_is_nanogpts_cpu_recipe():
