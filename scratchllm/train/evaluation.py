@@ -131,8 +131,12 @@ def score_tokens(
     """Score token ids (the first ``max_tokens`` + 1 of them; 0 = all) in non-overlapping windows
     of the model's context.
 
-    >>> from scratchllm.model import GPT, GPTConfig                             # doctest: +SKIP
-    >>> score_tokens(model, tokenizer.encode(text), tokenizer).bits_per_byte     # doctest: +SKIP
+    >>> from scratchllm.model import GPT, GPTConfig
+    >>> from scratchllm.tokenizer import BPETokenizer
+    >>> model, tokenizer = GPT(GPTConfig.preset("tiny", vocab_size=256, context_length=8)), BPETokenizer([])
+    >>> score = score_tokens(model, tokenizer.encode("To be, or not to be"), tokenizer)
+    >>> score.tokens, score.bytes        # two windows of 8 (the last 3 tokens make no full window)
+    (16, 16)
     """
     context = model.config.context_length
     tokens = np.asarray(tokens)
