@@ -129,6 +129,12 @@ class MultiHeadAttention(nn.Module):
         return config.d_model + 2 * self.kv_heads(config) * config.head_dim
 
     @property
+    def qkv_sizes(self) -> list[int]:
+        """Rows of ``W_qkv`` for the queries, the keys and the values (LoRA adapts each apart)."""
+        kv = self.n_kv_heads * self.head_dim
+        return [self.n_heads * self.head_dim, kv, kv]
+
+    @property
     def W_query(self) -> torch.Tensor:
         return self.W_qkv.weight[: self.d_model]  # (d_out, d_in)
 

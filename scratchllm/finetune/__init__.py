@@ -1,0 +1,1 @@
+"""Fine-tuning: adapting a trained GPT to a task (LoRA adapters, ...)."""
