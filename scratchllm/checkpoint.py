@@ -26,6 +26,7 @@ import json
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -207,14 +208,70 @@ def checkpoint_val_loss(ckpt: Path) -> float | None:
 
 
 def prune_checkpoints(run_dir: str | os.PathLike, keep_last: int) -> None:
-    """Delete all but the ``keep_last`` newest checkpoints and the best one by validation loss."""
-    found = list_checkpoints(run_dir)
-    keep = set(found[-keep_last:]) | {find_checkpoint(run_dir, which="best")} if found else set()
-    for ckpt in found:
+    """Delete all but the ``keep_last`` newest intact checkpoints and the best intact one by validation loss.
+
+    A damaged checkpoint (``checkpoint_problem``) is neither counted as kept nor deleted, so rotation
+    never removes the last checkpoint a run can resume from; saving that step again replaces it.
+    """
+    intact = [c for c in list_checkpoints(run_dir) if checkpoint_problem(c) is None]
+    keep = set(intact[-keep_last:])
+    scored = [(loss, c) for c in intact if (loss := checkpoint_val_loss(c)) is not None]
+    if scored:
+        keep.add(min(scored, key=lambda item: item[0])[1])
+    for ckpt in intact:
         if ckpt not in keep:
             shutil.rmtree(ckpt, ignore_errors=True)
     for stale in (Path(run_dir) / CHECKPOINTS_DIR).glob(".step-*"):  # left by a save that was killed
         shutil.rmtree(stale, ignore_errors=True)
+
+
+TRAIN_STATE_KEYS = ("step", "tokens", "precision", "rng")  # what resuming reads from train_state.json
+
+
+def checkpoint_problem(ckpt: Path, *, training: bool = True) -> str | None:
+    """Why a run's checkpoint cannot be resumed from (``training=False``: loaded), or ``None`` when intact.
+
+    Checks every file it needs: each JSON parses with the keys resuming reads, and each safetensors
+    header parses and covers its file exactly (a truncated file fails), without reading the tensors.
+    """
+    try:
+        config = read_json(ckpt / CONFIG_FILE)
+        if not isinstance(config, dict) or config.get("format") != FORMAT or not isinstance(config.get("model"), dict):
+            return f"{ckpt / CONFIG_FILE} is not a scratchllm checkpoint config"
+        _safetensors_metadata(ckpt / MODEL_FILE)
+        if not training:
+            return None
+        json.loads(_safetensors_metadata(ckpt / OPTIMIZER_FILE)["param_groups"])
+        state = read_json(ckpt / STATE_FILE)
+        missing = [key for key in TRAIN_STATE_KEYS if not isinstance(state, dict) or key not in state]
+        if missing:
+            return f"{ckpt / STATE_FILE} lacks {', '.join(missing)}"
+        if ckpt.name.startswith("step-") and state["step"] != int(ckpt.name.removeprefix("step-")):
+            return f"{ckpt / STATE_FILE} says step {state['step']}, its folder {ckpt.name}"
+    except ScratchLLMError as err:
+        return str(err)
+    except (KeyError, TypeError, ValueError) as err:  # optimizer metadata without valid param_groups
+        return f"{ckpt / OPTIMIZER_FILE} has no valid param_groups ({err})"
+    return None
+
+
+def newest_intact_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """The newest checkpoint of a run that ``checkpoint_problem`` finds intact; each newer, damaged
+    one is skipped with a warning on standard error that names what is wrong with it."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise ScratchLLMError(f"{run_dir} has no checkpoint to resume from; start it again without --resume")
+    problems = []
+    for ckpt in reversed(found):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            for skipped in problems:
+                print(f"scratchllm: warning: skipping a damaged checkpoint: {skipped}; resuming from {ckpt}",
+                      file=sys.stderr)
+            return ckpt
+        problems.append(problem)
+    raise ScratchLLMError(f"no checkpoint in {run_dir} can be resumed from (newest: {problems[0]}); "
+                          "start a new run with another --out")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -268,8 +325,13 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
 def _safetensors_metadata(file: Path) -> dict[str, str]:
     from safetensors import safe_open
 
-    with safe_open(file, framework="pt") as f:
-        return f.metadata() or {}
+    if not file.is_file():
+        raise ScratchLLMError(f"{file} is missing; the checkpoint is incomplete")
+    try:
+        with safe_open(file, framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for every kind of damage
+        raise ScratchLLMError(f"{file} is corrupt or truncated ({err})") from None
 
 
 def _dedupe_tied(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -7,19 +7,21 @@ sees the old file or the new one, never half of either.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from scratchllm.errors import ScratchLLMError
 
 
-@contextmanager
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
 
@@ -96,3 +98,78 @@ def read_json(path: str | os.PathLike, fix: str) -> Any:
         raise ScratchLLMError(f"{path} is missing; {fix}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ScratchLLMError(f"{path} is unreadable or corrupt ({err}); {fix}") from None
+
+
+def check_replaceable(out: str | os.PathLike, marker: str, what: str, *, force: bool | None = None) -> None:
+    """Refuse to let a command replace ``out`` unless it is absent, an empty folder, or a folder the
+    command wrote itself (it holds the file ``marker``): an atomic replace deletes what was there.
+
+    ``what`` names such a folder ("a prepared data folder"). With ``force=False`` even a folder the
+    command wrote is kept unless the user passes ``--force``; ``None`` replaces it without asking.
+
+    >>> check_replaceable("no-such-folder", "manifest.json", "a prepared data folder")
+    """
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ScratchLLMError(f"{out} is a file, not a folder: give --out a new or empty folder")
+    if not any(out.iterdir()):
+        return
+    if not (out / marker).is_file():
+        raise ScratchLLMError(f"{out} exists and is not {what} (no {marker}), so it is kept: give --out a new or "
+                              "empty folder")
+    if force is False:
+        raise ScratchLLMError(f"{out} already holds {what}: pass --force to replace it, or give --out a new folder")
+
+
+LOCK_FILE = ".scratchllm.lock"
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: str | os.PathLike, lock_file: str | os.PathLike | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (the file ``folder/.scratchllm.lock``, or ``lock_file``)
+    for the block; a second process fails at once with "FOLDER is in use by pid N".
+
+    ``fcntl.flock`` is released by the OS when the process ends, crash or SIGKILL included, so a
+    stale lock file never blocks anyone. A folder this creates and leaves empty is removed again.
+    """
+    folder = Path(folder)
+    lock = Path(lock_file) if lock_file is not None else folder / LOCK_FILE
+    if folder.exists() and not folder.is_dir():
+        raise ScratchLLMError(f"{folder} is a file, not a folder: give a folder's path")
+    created = [p for p in (folder, *folder.parents) if not p.exists()] if lock_file is None else []
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                raise ScratchLLMError(f"{folder} is in use by pid {holder}: wait for it to finish, or stop it "
+                                      "(another scratchllm process is writing there)") from None
+            # The holder before us may have removed the file after we opened it: lock the file on disk.
+            try:
+                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+    except OSError as err:
+        raise ScratchLLMError(f"cannot lock {folder}: {os.strerror(err.errno or errno.EIO)} ({lock}): "
+                              "give a folder you can write to") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)  # before unlocking, so that whoever locks next locks a fresh file
+        os.close(fd)
+        for path in created:  # innermost first: folders made only to hold the lock
+            with contextlib.suppress(OSError):
+                path.rmdir()
+

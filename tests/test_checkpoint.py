@@ -113,11 +113,17 @@ def test_crash_during_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
     ck.load_model_weights(TinyLM(), ck.find_checkpoint(tmp_path))
 
 
+def _save_training_checkpoint(run_dir, step, val_loss=None):
+    """A checkpoint as the trainer writes one: weights, optimizer and a train state resuming reads."""
+    model, opt = _trained_model_and_optimizer()
+    state = {"step": step, "tokens": 0, "precision": "fp32", "rng": ck.rng_state(), "val_loss": val_loss}
+    return ck.save_checkpoint(ck.checkpoint_path(run_dir, step), model, optimizer=opt, train_state=state)
+
+
 def test_keeps_last_k_and_best(tmp_path):
-    model = TinyLM()
     losses = {1: 3.0, 2: 1.5, 3: 2.0, 4: 2.5, 5: 2.2}
     for step, loss in losses.items():
-        ck.save_checkpoint(ck.checkpoint_path(tmp_path, step), model, train_state={"val_loss": loss})
+        _save_training_checkpoint(tmp_path, step, loss)
         ck.prune_checkpoints(tmp_path, keep_last=2)
     assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["step-00000002", "step-00000004", "step-00000005"]
     assert ck.find_checkpoint(tmp_path, which="best").name == "step-00000002"
@@ -144,3 +150,20 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         ck.find_checkpoint(tmp_path)
     with pytest.raises(ScratchLLMError, match="not found"):
         ck.find_checkpoint(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("victim", [ck.STATE_FILE, ck.OPTIMIZER_FILE, ck.MODEL_FILE, ck.CONFIG_FILE])
+def test_rotation_and_resume_skip_a_damaged_newest_checkpoint(tmp_path, capsys, victim):
+    for step in (1, 2):
+        _save_training_checkpoint(tmp_path, step)
+    newest = ck.checkpoint_path(tmp_path, 2)
+    (newest / victim).write_bytes((newest / victim).read_bytes()[:20])
+    assert ck.checkpoint_problem(newest) is not None and victim in ck.checkpoint_problem(newest)
+    assert ck.newest_intact_checkpoint(tmp_path) == ck.checkpoint_path(tmp_path, 1)
+    assert f"skipping a damaged checkpoint: {newest / victim}" in capsys.readouterr().err
+    ck.prune_checkpoints(tmp_path, keep_last=1)  # the damaged one is not counted as kept: step 1 stays
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["step-00000001", "step-00000002"]
+    _save_training_checkpoint(tmp_path, 2)  # the resumed run saves step 2 again: it replaces the damaged one
+    ck.prune_checkpoints(tmp_path, keep_last=1)
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["step-00000002"]
+    assert ck.checkpoint_problem(newest) is None

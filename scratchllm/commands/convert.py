@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scratchllm.errors import ScratchLLMError
+from scratchllm.fileio import atomic_write_json, check_replaceable
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -17,14 +20,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--from-hf", metavar="DIR", help="a Hugging Face GPT-2 folder")
     source.add_argument("--to-hf", metavar="CKPT", help="a scratchllm checkpoint or run folder")
-    p.add_argument("--out", required=True, metavar="PATH", help="where to write the result")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="a new or empty folder to write (or one an earlier convert wrote, with --force)")
+    p.add_argument("--force", action="store_true", help="replace a folder an earlier convert wrote")
     p.set_defaults(func=run)
+
+
+MARKER = "scratchllm-convert.json"  # written into every output folder: its presence lets --force replace it
+
+
+def check_out(src: Path, out: Path, force: bool) -> None:
+    """Refuse an ``--out`` that would replace the source, a folder holding it, or anything convert did not write."""
+    if out.resolve() == src.resolve() or out.resolve() in src.resolve().parents:
+        raise ScratchLLMError(f"--out {out} would replace the source {src}: give --out a new folder")
+    check_replaceable(out, MARKER, "a folder written by scratchllm convert", force=force)
 
 
 def run(args: argparse.Namespace) -> int:
     from scratchllm.checkpoint import load_checkpoint, save_checkpoint
     from scratchllm.interop import load_hf_gpt2, save_hf_gpt2
 
+    out = Path(args.out)
+    check_out(Path(args.from_hf or args.to_hf), out, args.force)
     if args.from_hf:
         src = Path(args.from_hf)
         model = load_hf_gpt2(src)
@@ -33,11 +50,13 @@ def run(args: argparse.Namespace) -> int:
             from scratchllm.tokenizer import BPETokenizer
 
             tokenizer = BPETokenizer.from_gpt2_files(src / "vocab.json", src / "merges.txt")
-        save_checkpoint(args.out, model, tokenizer)
+        save_checkpoint(out, model, tokenizer)
+        atomic_write_json(out / MARKER, {"written_by": "scratchllm convert", "from_hf": str(src)})
         note = "with its tokenizer" if tokenizer is not None else "without a tokenizer (no vocab.json + merges.txt)"
         print(f"wrote {args.out} ({model.num_params():,} parameters, {note})")
     else:
         model, tokenizer = load_checkpoint(args.to_hf)
-        save_hf_gpt2(model, args.out, tokenizer)
+        save_hf_gpt2(model, out, tokenizer)
+        atomic_write_json(out / MARKER, {"written_by": "scratchllm convert", "to_hf": args.to_hf})
         print(f"wrote {args.out} (config.json, model.safetensors{', tokenizer.json' if tokenizer else ''})")
     return 0

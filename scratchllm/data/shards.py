@@ -48,7 +48,7 @@ from scratchllm.data.corpora import (
     split_corpus,
 )
 from scratchllm.errors import ScratchLLMError
-from scratchllm.fileio import atomic_path, atomic_write_json, read_json
+from scratchllm.fileio import atomic_path, atomic_write_json, check_replaceable, exclusive_lock, read_json
 from scratchllm.tokenizer import DEFAULT_SPECIAL_TOKENS, ENDOFTEXT, BPETokenizer
 from scratchllm.tokenizer.patterns import last_safe_cut
 
@@ -190,13 +190,6 @@ def _train_tokenizer(split: CorpusSplit, vocab_size: int, pattern: str) -> BPETo
                               pattern=pattern)
 
 
-def _check_out_dir(out: Path) -> None:
-    """Refuse to replace a folder that is not an earlier prepare's output (atomic replace deletes it)."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").is_file())):
-        raise ScratchLLMError(f"{out} exists and is not a prepared data folder: give --out a new or empty folder, "
-                              "or one an earlier prepare wrote")
-
-
 def prepare(
     corpus: str | os.PathLike,
     out: str | os.PathLike,
@@ -216,7 +209,14 @@ def prepare(
     PosixPath('data/verdict')
     """
     out = Path(out)
-    _check_out_dir(out)
+    with exclusive_lock(out, out.parent / f".{out.name}.lock"):  # the folder itself is replaced whole
+        check_replaceable(out, "manifest.json", "a prepared data folder")
+        return _prepare(corpus, out, tokenizer, vocab_size, val_fraction, workers, cache_dir, pattern)
+
+
+def _prepare(corpus: str | os.PathLike, out: Path, tokenizer: str | os.PathLike | BPETokenizer | None,
+             vocab_size: int, val_fraction: float, workers: int | None, cache_dir: str | os.PathLike | None,
+             pattern: str) -> Path:
     split = split_corpus(corpus, val_fraction, cache_dir)
     started = time.perf_counter()
     if tokenizer is None:

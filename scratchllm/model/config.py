@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scratchllm import presets
-from scratchllm.errors import ScratchLLMError, did_you_mean
+from scratchllm.errors import ScratchLLMError, check_range, did_you_mean
 from scratchllm.model import registry
 
 # Settings that are options of a part rather than parts; parts' names come from the registry.
@@ -96,8 +96,9 @@ class GPTConfig:
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
                 f"pick n_heads among {_divisors(self.d_model)}"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ScratchLLMError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_range("dropout", self.dropout, 0, 1, high_open=True)
+        check_range("norm_eps", self.norm_eps, 0, low_open=True, note="added to the variance before its root")
+        check_range("rope_base", self.rope_base, 1, low_open=True, note="the slowest rotation's period grows with it")
         if self.head_size is not None and (not isinstance(self.head_size, int) or self.head_size < 1):
             raise ScratchLLMError(f"head_size must be a positive integer or null, got {self.head_size!r}")
         if self.ffn_hidden is not None and self.ffn_hidden < 1:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchllm import presets
-from scratchllm.errors import ScratchLLMError, did_you_mean
+from scratchllm.errors import ScratchLLMError, check_range, did_you_mean
 from scratchllm.fileio import atomic_write_text
 from scratchllm.model import GPTConfig
 
@@ -65,18 +65,23 @@ class TrainConfig:
     plot: bool = True  # draw RUN_DIR/loss.png at the end
 
     def __post_init__(self) -> None:
-        positive = ("max_steps", "batch_size", "grad_accum_steps", "log_interval", "keep_last")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ScratchLLMError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        # every number is checked here, when the config is read, not when a step first uses it
+        for name in ("max_steps", "batch_size", "grad_accum_steps", "log_interval", "keep_last"):
+            check_range(f"train.{name}", getattr(self, name), 1)
+        notes = {"max_seconds": "0 = no limit", "grad_clip": "0 = off", "eval_interval": "0 = only at the end",
+                 "eval_batches": "0 = the whole split", "checkpoint_interval": "0 = at every evaluation",
+                 "sample_tokens": "0 = none", "peak_flops": "0 = measure", "warmup_steps": "", "weight_decay": "",
+                 "seed": ""}
+        for name, note in notes.items():
+            check_range(f"train.{name}", getattr(self, name), 0, note=note)
+        check_range("train.lr", self.lr, 0, low_open=True)
+        check_range("train.min_lr", self.min_lr, 0, self.lr, note="at most train.lr")
+        for name in ("beta1", "beta2"):
+            check_range(f"train.{name}", getattr(self, name), 0, 1, high_open=True)
         if self.precision not in PRECISIONS:
             raise ScratchLLMError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.device not in DEVICES:
             raise ScratchLLMError(f"train.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if not (0 < self.lr and 0 <= self.min_lr <= self.lr):
-            raise ScratchLLMError(f"need 0 < train.lr and 0 <= train.min_lr <= train.lr, got {self.lr}, {self.min_lr}")
-        if min(self.warmup_steps, self.eval_interval, self.checkpoint_interval, self.max_seconds) < 0:
-            raise ScratchLLMError("train.warmup_steps, eval_interval, checkpoint_interval and max_seconds must be >= 0")
 
     @property
     def save_every(self) -> int:

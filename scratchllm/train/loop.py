@@ -250,13 +250,13 @@ class Trainer:
         self.flops_per_token = count_flops() if count_flops else 6 * sum(p.numel() for p in self.model.parameters())
 
     def _load_newest_checkpoint(self) -> dict[str, Any]:
-        found = ckpt.list_checkpoints(self.run_dir)
-        if not found:
-            raise ScratchLLMError(f"{self.run_dir} has no checkpoint to resume from; start it again without --resume")
-        path = found[-1]
+        path = ckpt.newest_intact_checkpoint(self.run_dir)
         ckpt.load_model_weights(self.model, path)
         state = ckpt.load_training_state(path, self.optimizer)
         self.step, self.tokens = state["step"], state["tokens"]
+        if self.step > self.settings.max_steps:
+            raise ScratchLLMError(f"{self.run_dir} has reached step {self.step}, beyond train.max_steps="
+                                  f"{self.settings.max_steps}: give train.max_steps >= {self.step}")
         self.val_loss, self.best_val_loss = state.get("val_loss"), state.get("best_val_loss")
         self.precision = state["precision"]
         if state.get("data") is not None and hasattr(self.batches, "load_state_dict"):
@@ -303,11 +303,13 @@ class Trainer:
                                 refresh=False)
                 window_start, window_tokens = time.perf_counter(), 0
             evaluated = False
-            if (tc.eval_interval and self.step % tc.eval_interval == 0) or last:
-                self._evaluate()
-                evaluated = True
-            if (tc.save_every and self.step % tc.save_every == 0) or last:
-                self._save(with_val=evaluated)
+            try:
+                if (tc.eval_interval and self.step % tc.eval_interval == 0) or last:
+                    self._evaluate()
+                    evaluated = True
+            finally:  # a failed evaluation still leaves this step's checkpoint
+                if (tc.save_every and self.step % tc.save_every == 0) or last:
+                    self._save(with_val=evaluated)
             if evaluated:  # evaluation and saving are not training time
                 window_start, window_tokens = time.perf_counter(), 0
         bar.close()
