@@ -32,9 +32,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     ...     tmp.write_text("hello")
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    created = make_parents(path)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except BaseException:
+        remove_empty(created)
+        raise
     tmp.rmdir()  # the caller creates a file or a directory here
+    done = False
     try:
         yield tmp
         if tmp.is_dir() and path.is_dir():
@@ -48,11 +53,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         else:
             os.replace(tmp, path)
         _fsync_dir(path.parent)
+        done = True
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+        if not done:  # no empty folder is left behind by a write that failed
+            remove_empty(created)
+
+
+def make_parents(path: Path) -> list[Path]:
+    """Create ``path``'s missing parent folders; return those it created, innermost first."""
+    created = [p for p in path.parents if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (innermost first) that is empty; leave any other alone."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -138,9 +160,8 @@ def exclusive_lock(folder: str | os.PathLike, lock_file: str | os.PathLike | Non
     lock = Path(lock_file) if lock_file is not None else folder / LOCK_FILE
     if folder.exists() and not folder.is_dir():
         raise ScratchLLMError(f"{folder} is a file, not a folder: give a folder's path")
-    created = [p for p in (folder, *folder.parents) if not p.exists()] if lock_file is None else []
     try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
+        created = make_parents(lock)
         while True:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -169,7 +190,5 @@ def exclusive_lock(folder: str | os.PathLike, lock_file: str | os.PathLike | Non
         with contextlib.suppress(OSError):
             os.unlink(lock)  # before unlocking, so that whoever locks next locks a fresh file
         os.close(fd)
-        for path in created:  # innermost first: folders made only to hold the lock
-            with contextlib.suppress(OSError):
-                path.rmdir()
+        remove_empty(created)  # folders made only to hold the lock
 

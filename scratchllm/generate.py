@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
-from scratchllm.errors import ScratchLLMError
+from scratchllm.errors import ScratchLLMError, check_range
 from scratchllm.model import GPT
 from scratchllm.model.attention import causal_mask
 
@@ -95,7 +95,7 @@ def stream(
     Arguments as ``generate``. A row that has stopped yields its stop id once and ``pad_id``
     afterwards; the iterator ends when every row has stopped or after ``max_new_tokens``.
     """
-    _check_sampling(max_new_tokens, temperature, top_k, top_p)
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
     device = model.device
     ids, valid = _left_pad(idx, pad_id, device)
     ids, valid = _fit_context(model, ids, valid, max_new_tokens, crop)
@@ -179,15 +179,14 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if max_new_tokens < 0:
-        raise ScratchLLMError(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
-    if temperature < 0:
-        raise ScratchLLMError(f"temperature must be 0 (greedy) or more, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ScratchLLMError(f"top_k must be at least 1 (or None for no limit), got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ScratchLLMError(f"top_p must be in (0, 1], got {top_p}")
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Refuse sampling settings out of range (or not finite) with one line naming the setting."""
+    check_range("max_new_tokens", max_new_tokens, 0)
+    check_range("temperature", temperature, 0, note="0 = greedy")
+    if top_k is not None:
+        check_range("top_k", top_k, 1, note="or None for no limit")
+    if top_p is not None:
+        check_range("top_p", top_p, 0, 1, low_open=True)
 
 
 def _left_pad(idx: Prompt, pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from scratchllm.checkpoint import load_checkpoint
+    from scratchllm.commands._text import user_text
     from scratchllm.errors import ScratchLLMError
     from scratchllm.viz import save_attention_maps
 
@@ -28,6 +29,6 @@ def run(args: argparse.Namespace) -> int:
     if tokenizer is None:
         raise ScratchLLMError(f"{args.checkpoint} holds no tokenizer/ folder, so --text cannot be encoded: use a "
                               "checkpoint written by `scratchllm train` or `scratchllm demo`")
-    for path in save_attention_maps(model, tokenizer, args.text, args.out):
+    for path in save_attention_maps(model, tokenizer, user_text(args.text, "--text"), args.out):
         print(path)
     return 0

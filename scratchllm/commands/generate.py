@@ -28,21 +28,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from scratchllm.checkpoint import load_checkpoint
+    from scratchllm.commands._text import user_text
     from scratchllm.errors import ScratchLLMError
-    from scratchllm.generate import stream
+    from scratchllm.generate import check_sampling, stream
     from scratchllm.tokenizer import ENDOFTEXT
 
+    prompt = user_text(args.prompt, "--prompt")
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)  # before any output
     model, tokenizer = load_checkpoint(args.checkpoint)
     if tokenizer is None:
         raise ScratchLLMError(f"{args.checkpoint} holds no tokenizer/ folder, so the prompt cannot be encoded")
-    ids = tokenizer.encode(args.prompt)
+    ids = tokenizer.encode(prompt)
     if not ids:
         raise ScratchLLMError("the prompt is empty; give at least one character")
     eot = tokenizer.special_tokens.get(ENDOFTEXT)
     stops = [eot] if eot is not None else []
     # A token can end in the middle of a UTF-8 character: decode bytes incrementally.
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    sys.stdout.write(args.prompt)
+    sys.stdout.write(prompt)
     sys.stdout.flush()
     tokens = stream(model, [ids], args.max_new_tokens, args.temperature, args.top_k, args.top_p, stops, args.seed,
                     crop=True)

@@ -27,10 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_info(args: argparse.Namespace) -> int:
     import torch
 
-    from scratchllm.errors import ScratchLLMError
+    from scratchllm.errors import ScratchLLMError, check_range
     from scratchllm.model import GPT, GPTConfig
     from scratchllm.train.config import parse_override
 
+    check_range("--batch-size", args.batch_size, 1)
     overrides = {}
     for item in args.overrides:
         section, key, value = parse_override(item)

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from scratchllm.errors import ScratchLLMError
+from scratchllm.commands._text import read_stdin, user_text
+from scratchllm.errors import ScratchLLMError, check_range
 from scratchllm.tokenizer import DEFAULT_SPECIAL_TOKENS, BPETokenizer
 
 
@@ -52,9 +53,9 @@ def _add_text_source(parser: argparse.ArgumentParser) -> None:
 
 def _read_text(args: argparse.Namespace) -> str:
     if getattr(args, "text", None) is not None:
-        return args.text
+        return user_text(args.text, "--text")
     if args.input is None:
-        return sys.stdin.read()
+        return read_stdin()
     try:
         return args.input.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -98,6 +99,7 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    check_range("--top", args.top, 1)
     tok = BPETokenizer.load(args.tokenizer)
     print(f"vocab size: {tok.vocab_size} (256 bytes, {len(tok.merges)} merges, {len(tok.special_tokens)} special)")
     print(f"pattern: {tok.pattern_name or tok.pattern}")

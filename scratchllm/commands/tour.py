@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from scratchllm.commands._text import user_text
     from scratchllm.tour import tour
 
-    tour(args.checkpoint, args.text, args.out)
+    tour(args.checkpoint, user_text(args.text, "--text"), args.out)
     return 0

@@ -47,7 +47,7 @@ from scratchllm.data.corpora import (
     sha256_file,
     split_corpus,
 )
-from scratchllm.errors import ScratchLLMError
+from scratchllm.errors import ScratchLLMError, check_range
 from scratchllm.fileio import atomic_path, atomic_write_json, check_replaceable, exclusive_lock, read_json
 from scratchllm.tokenizer import DEFAULT_SPECIAL_TOKENS, ENDOFTEXT, BPETokenizer
 from scratchllm.tokenizer.patterns import last_safe_cut
@@ -209,6 +209,8 @@ def prepare(
     PosixPath('data/verdict')
     """
     out = Path(out)
+    if workers is not None:
+        check_range("workers", workers, 1, note="or None for all CPUs")
     with exclusive_lock(out, out.parent / f".{out.name}.lock"):  # the folder itself is replaced whole
         check_replaceable(out, "manifest.json", "a prepared data folder")
         return _prepare(corpus, out, tokenizer, vocab_size, val_fraction, workers, cache_dir, pattern)
