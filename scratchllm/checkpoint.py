@@ -3,7 +3,8 @@
 Layout of one checkpoint directory::
 
     model.safetensors        weights under clean names (no ``_orig_mod.`` / ``module.``)
-    config.json              {"format": ..., "version": 2, "model": GPTConfig.to_dict()}
+    config.json              {"format": ..., "version": 2, "model": GPTConfig.to_dict(),
+                              "tokenizer_fingerprint": ... (when a tokenizer is saved; checked on load)}
     tokenizer/               tokenizer.save(dir), when a tokenizer is given
     optimizer.safetensors    optimizer tensors; param groups as JSON metadata   (training only)
     train_state.json         step, scheduler, RNG states, data position, ...   (training only)
@@ -71,6 +72,8 @@ def save_checkpoint(
         tensors, tied = _dedupe_tied(model.state_dict())
         save_file(tensors, tmp / MODEL_FILE, metadata={"format": FORMAT, "tied": json.dumps(tied)})
         config = {"format": FORMAT, "version": VERSION, "model": model.config.to_dict()}
+        if hasattr(tokenizer, "fingerprint"):  # checked on load: another tokenizer of the same size decodes garbage
+            config["tokenizer_fingerprint"] = tokenizer.fingerprint()
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         if tokenizer is not None:
             tokenizer.save(tmp / TOKENIZER_DIR)
@@ -132,11 +135,18 @@ def load_tokenizer(ckpt: Path) -> Any:
     from scratchllm.tokenizer import BPETokenizer
 
     try:
-        return BPETokenizer.load(ckpt / TOKENIZER_DIR)
+        tokenizer = BPETokenizer.load(ckpt / TOKENIZER_DIR)
     except ScratchLLMError:
         raise
     except Exception as err:  # a damaged tokenizer file: name it rather than show a traceback
         raise ScratchLLMError(f"{ckpt / TOKENIZER_DIR} could not be read: {err}") from None
+    want = read_json(ckpt / CONFIG_FILE).get("tokenizer_fingerprint")  # absent before it was stored
+    if want is not None and tokenizer.fingerprint() != want:
+        raise ScratchLLMError(
+            f"{ckpt / TOKENIZER_DIR} (fingerprint {tokenizer.fingerprint()}) is not the tokenizer these weights were "
+            f"trained with (fingerprint {want}): put that tokenizer back in {ckpt / TOKENIZER_DIR}"
+        )
+    return tokenizer
 
 
 def _upgrade_from_version_1(tensors: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ import pytest
 from scratchllm.cli import main
 from scratchllm.data.shards import prepare
 from scratchllm.fileio import exclusive_lock
+from scratchllm.tokenizer import BPETokenizer
 from scratchllm.train import load_run_config, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +44,13 @@ def world(tmp_path_factory, verdict_path) -> Path:
                              base={"model": {"vocab_size": 258}})
     train(config, root / "run", progress=False)
     assert main(["convert", "--to-hf", str(root / "run"), "--out", str(root / "hf")]) == 0
+    # a checkpoint whose tokenizer was replaced by another of the same size
+    shutil.copytree(root / "run" / "checkpoints" / "step-00000003", root / "swapped")
+    tokenizer = BPETokenizer.load(root / "swapped" / "tokenizer")
+    other = BPETokenizer(tokenizer.merges, pattern="gpt2", special_tokens=tokenizer.special_tokens)
+    assert other.vocab_size == tokenizer.vocab_size and other.fingerprint() != tokenizer.fingerprint()
+    shutil.rmtree(root / "swapped" / "tokenizer")
+    other.save(root / "swapped" / "tokenizer")
     (root / "notes").mkdir()
     (root / "notes" / "notes.txt").write_text("my own notes\n")
     (root / "file.txt").write_text("a file\n")
@@ -71,7 +79,8 @@ IN_PROCESS = [
     # -- data loss: convert replaces only what it wrote
     ("convert-to-hf-over-notes", ["convert", "--to-hf", "{w}/run", "--out", "{w}/notes"],
      "not a folder written by scratchllm convert"),
-    ("convert-to-hf-over-its-source", ["convert", "--to-hf", "{w}/run", "--out", "{w}/run"], "would replace the source"),
+    ("convert-to-hf-over-its-source", ["convert", "--to-hf", "{w}/run", "--out", "{w}/run"],
+     "would replace the source"),
     ("convert-to-hf-over-a-folder-holding-the-source",
      ["convert", "--to-hf", "{w}/run/checkpoints/step-00000003", "--out", "{w}/run"], "would replace the source"),
     ("convert-from-hf-over-a-run", ["convert", "--from-hf", "{w}/hf", "--out", "{w}/run"],
@@ -102,6 +111,9 @@ IN_PROCESS = [
      "has reached step 3"),
     ("train-resume-bad-setting", ["train", "--resume", "{w}/run", "--set", "train.eval_batches=-1"],
      "train.eval_batches must be >= 0"),
+    # -- silent wrong results
+    ("generate-with-a-swapped-tokenizer", ["generate", "--checkpoint", "{w}/swapped", "--prompt", "Hi"],
+     "is not the tokenizer these weights were trained with"),
     # -- file where a folder is expected, and the reverse; unwritable destinations
     ("train-out-is-a-file", ["train", "--data", "{w}/data", "--out", "{w}/file.txt", "--quiet", *tiny_set()],
      "is a file, not a folder"),
@@ -203,3 +215,37 @@ def test_misuse_in_another_process(world, hold, argv, stdin, words):
     assert result.returncode != 0
     _one_error_line(result.stderr.decode("utf-8", "replace"), words.format(pid=os.getpid()))
     assert snapshot(world) == before
+
+
+# -- faults: what was saved survives them
+
+
+def test_resume_skips_a_damaged_newest_checkpoint_and_rotation_keeps_the_intact_one(world, tmp_path, capsys):
+    from scratchllm.checkpoint import STATE_FILE, checkpoint_path, checkpoint_problem, list_checkpoints
+
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(world / "data"), "--out", str(run), "--quiet",
+            *tiny_set("train.max_steps=4", "train.checkpoint_interval=2", "train.keep_last=2")]
+    assert main(argv) == 0
+    damaged = checkpoint_path(run, 4) / STATE_FILE
+    damaged.write_text('{"step": 4, "tok')  # cut short, as by a full disk
+    assert main(["train", "--resume", str(run), "--quiet", "--set", "train.max_steps=6"]) == 0
+    assert f"skipping a damaged checkpoint: {damaged}" in capsys.readouterr().err
+    # resumed from step 2; step 4 was saved again over the damaged one, and step 2 rotated away only then
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000004", "step-00000006"]
+    assert all(checkpoint_problem(p) is None for p in list_checkpoints(run))
+
+
+def test_a_failing_final_evaluation_still_leaves_the_last_checkpoint(world, tmp_path, monkeypatch):
+    from scratchllm.checkpoint import list_checkpoints
+    from scratchllm.train import run as run_module
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(run_module, "score_windows", broken)
+    config = load_run_config(overrides=[*TINY, f"data.dir={world / 'data'}", "train.max_steps=3",
+                                        "train.eval_interval=0"], base={"model": {"vocab_size": 258}})
+    with pytest.raises(ZeroDivisionError):
+        train(config, tmp_path / "run", progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000003"]
