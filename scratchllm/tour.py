@@ -83,15 +83,18 @@ def tour(
     *,
     n_sample_tokens: int = 8,
     echo: Callable[[str], Any] | None = print,
+    special: str = "refuse",
 ) -> list[TourStep]:
     """Walk ``text`` through the model in ``checkpoint`` (or a fresh tiny one) stage by stage.
+
+    ``special``: what a special-token string in ``text`` becomes (``BPETokenizer.encode_user_text``).
 
     Each step is passed to ``echo`` as soon as it is computed (``None``: silent) and returned;
     pictures are written into ``out``.
     """
     model, tokenizer, origin = _load(checkpoint)
     model.eval()
-    ids = tokenizer.encode_ordinary(text)
+    ids = tokenizer.encode_user_text(text, special, "--text")
     if not ids:
         raise ScratchLLMError("the tour needs some text: give --text with at least one word")
     cfg = model.config

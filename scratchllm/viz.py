@@ -206,14 +206,15 @@ def plot_next_token(probs: Sequence[float], labels: Sequence[str], path: str | o
 
 @torch.no_grad()
 def save_attention_maps(model: Any, tokenizer: Any, text: str, out: str | os.PathLike, *,
-                        per_layer: bool = True) -> list[Path]:
+                        per_layer: bool = True, special: str = "refuse") -> list[Path]:
     """Run ``text`` through ``model`` and save its attention weights: ``attention-layer{l}.png``
     per layer (one panel per head; unless ``per_layer=False``) and ``attention.png`` with every
     layer and head.
 
     Learned-position models see at most their context; a longer text is an error naming it.
+    ``special``: what a special-token string in ``text`` becomes (``BPETokenizer.encode_user_text``).
     """
-    ids = tokenizer.encode_ordinary(text)
+    ids = tokenizer.encode_user_text(text, special, "--text")
     if not ids:
         raise ScratchLLMError("the text is empty: give --text with at least one character")
     context = model.config.context_length

@@ -114,6 +114,14 @@ IN_PROCESS = [
     # -- silent wrong results
     ("generate-with-a-swapped-tokenizer", ["generate", "--checkpoint", "{w}/swapped", "--prompt", "Hi"],
      "is not the tokenizer these weights were trained with"),
+    ("generate-special-token-in-prompt", ["generate", "--checkpoint", "{w}/run", "--prompt", "a<|endoftext|>b"],
+     "--prompt contains the special token '<|endoftext|>'; pass --allow-special"),
+    ("tour-special-token-in-text", ["tour", "--checkpoint", "{w}/run", "--text", "a<|endoftext|>", "--out", "{w}/t"],
+     "--text contains the special token '<|endoftext|>'; pass --allow-special"),
+    ("attention-special-token-in-text", ["attention", "--checkpoint", "{w}/run", "--text", "a<|endoftext|>",
+                                         "--out", "{w}/a"], "--text contains the special token '<|endoftext|>'"),
+    ("tokenizer-encode-special-token", ["tokenizer", "encode", "--tokenizer", "{w}/data/tokenizer", "--text",
+                                        "a<|endoftext|>"], "the text contains the special token '<|endoftext|>'"),
     # -- file where a folder is expected, and the reverse; unwritable destinations
     ("train-out-is-a-file", ["train", "--data", "{w}/data", "--out", "{w}/file.txt", "--quiet", *tiny_set()],
      "is a file, not a folder"),
@@ -249,3 +257,15 @@ def test_a_failing_final_evaluation_still_leaves_the_last_checkpoint(world, tmp_
     with pytest.raises(ZeroDivisionError):
         train(config, tmp_path / "run", progress=False)
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000003"]
+
+
+@pytest.mark.parametrize("flag, expected", [("--allow-special", [97, 256]), ("--special-as-text", None)])
+def test_special_token_flags_are_the_same_everywhere(world, tmp_path, capsys, flag, expected):
+    text = "a<|endoftext|>"
+    assert main(["tokenizer", "encode", "--tokenizer", str(world / "data" / "tokenizer"), "--text", text, flag]) == 0
+    ids = [int(i) for i in capsys.readouterr().out.split()]
+    assert ids == expected if expected else len(ids) == len(text.encode())  # byte level: one id per byte
+    assert main(["attention", "--checkpoint", str(world / "run"), "--text", text, "--out", str(tmp_path / "a"),
+                 flag]) == 0
+    assert main(["generate", "--checkpoint", str(world / "run"), "--prompt", text, "--max-new-tokens", "2",
+                 "--temperature", "0", flag]) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from scratchllm.errors import ScratchLLMError
@@ -23,6 +24,19 @@ def user_text(text: str, source: str) -> str:
             raise ScratchLLMError(f"{source} is not valid UTF-8 (byte 0x{ord(char) - 0xDC00:02x} at character {i}): "
                                   "give UTF-8 text")
     return text
+
+
+def add_special_flags(parser: argparse.ArgumentParser) -> None:
+    """``--allow-special`` / ``--special-as-text``: what a special-token string in the user's text becomes
+    (by default it is refused, so that typed text cannot inject control tokens unnoticed)."""
+    special = parser.add_mutually_exclusive_group()
+    special.add_argument("--allow-special", action="store_true", help="encode special-token strings as their ids")
+    special.add_argument("--special-as-text", action="store_true", help="encode special-token strings as plain text")
+
+
+def special_mode(args: argparse.Namespace) -> str:
+    """The ``special=`` argument of ``BPETokenizer.encode_user_text`` the flags ask for."""
+    return "allow" if args.allow_special else "text" if args.special_as_text else "refuse"
 
 
 def read_stdin() -> str:

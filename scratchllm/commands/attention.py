@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from scratchllm.commands._text import add_special_flags
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -16,12 +18,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--text", required=True, help="the text to look at (a sentence reads best)")
     p.add_argument("--out", default="runs/attention", metavar="DIR",
                    help="folder for the PNGs (default runs/attention)")
+    add_special_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from scratchllm.checkpoint import load_checkpoint
-    from scratchllm.commands._text import user_text
+    from scratchllm.commands._text import special_mode, user_text
     from scratchllm.errors import ScratchLLMError
     from scratchllm.viz import save_attention_maps
 
@@ -29,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if tokenizer is None:
         raise ScratchLLMError(f"{args.checkpoint} holds no tokenizer/ folder, so --text cannot be encoded: use a "
                               "checkpoint written by `scratchllm train` or `scratchllm demo`")
-    for path in save_attention_maps(model, tokenizer, user_text(args.text, "--text"), args.out):
+    text = user_text(args.text, "--text")
+    for path in save_attention_maps(model, tokenizer, text, args.out, special=special_mode(args)):
         print(path)
     return 0

@@ -6,6 +6,8 @@ import argparse
 import codecs
 import sys
 
+from scratchllm.commands._text import add_special_flags
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -23,12 +25,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=200, metavar="K", help="sample among the K most likely (default 200)")
     p.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling: smallest set with mass P")
     p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    add_special_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from scratchllm.checkpoint import load_checkpoint
-    from scratchllm.commands._text import user_text
+    from scratchllm.commands._text import special_mode, user_text
     from scratchllm.errors import ScratchLLMError
     from scratchllm.generate import check_sampling, stream
     from scratchllm.tokenizer import ENDOFTEXT
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_checkpoint(args.checkpoint)
     if tokenizer is None:
         raise ScratchLLMError(f"{args.checkpoint} holds no tokenizer/ folder, so the prompt cannot be encoded")
-    ids = tokenizer.encode(prompt)
+    ids = tokenizer.encode_user_text(prompt, special_mode(args), "--prompt")
     if not ids:
         raise ScratchLLMError("the prompt is empty; give at least one character")
     eot = tokenizer.special_tokens.get(ENDOFTEXT)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from scratchllm.commands._text import read_stdin, user_text
+from scratchllm.commands._text import add_special_flags, read_stdin, special_mode, user_text
 from scratchllm.errors import ScratchLLMError, check_range
 from scratchllm.tokenizer import DEFAULT_SPECIAL_TOKENS, BPETokenizer
 
@@ -28,9 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     encode = group.add_parser("encode", help="print the token ids of a text")
     encode.add_argument("--tokenizer", required=True, type=Path, help="directory made by `tokenizer train`")
     _add_text_source(encode)
-    special = encode.add_mutually_exclusive_group()
-    special.add_argument("--allow-special", action="store_true", help="encode special-token strings as their ids")
-    special.add_argument("--special-as-text", action="store_true", help="encode special-token strings as plain text")
+    add_special_flags(encode)
     encode.set_defaults(func=_encode)
 
     decode = group.add_parser("decode", help="print the text of token ids")
@@ -71,18 +69,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _encode(args: argparse.Namespace) -> int:
     tok = BPETokenizer.load(args.tokenizer)
-    text = _read_text(args)
-    if args.allow_special:
-        ids = tok.encode(text, allowed_special="all")
-    elif args.special_as_text:
-        ids = tok.encode_ordinary(text)
-    elif found := tok.find_special(text):
-        raise ScratchLLMError(
-            f"the text contains the special token {found!r}; pass --allow-special to encode it as its id, "
-            "or --special-as-text to encode it as plain text"
-        )
-    else:
-        ids = tok.encode_ordinary(text)
+    ids = tok.encode_user_text(_read_text(args), special_mode(args))
     print(" ".join(map(str, ids)))
     return 0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from scratchllm.commands._text import add_special_flags
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from scratchllm.tour import DEFAULT_TEXT
@@ -18,12 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", metavar="PATH", help="a checkpoint or run folder (default: a fresh tiny model)")
     p.add_argument("--text", default=DEFAULT_TEXT, help=f"the sentence to follow (default {DEFAULT_TEXT!r})")
     p.add_argument("--out", default="runs/tour", metavar="DIR", help="folder for the pictures (default runs/tour)")
+    add_special_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from scratchllm.commands._text import user_text
+    from scratchllm.commands._text import special_mode, user_text
     from scratchllm.tour import tour
 
-    tour(args.checkpoint, user_text(args.text, "--text"), args.out)
+    tour(args.checkpoint, user_text(args.text, "--text"), args.out, special=special_mode(args))
     return 0

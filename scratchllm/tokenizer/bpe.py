@@ -272,6 +272,26 @@ class BPETokenizer:
         ids += self.encode_ordinary(text[start:])
         return ids
 
+    def encode_user_text(self, text: str, special: str = "refuse", source: str = "the text") -> list[int]:
+        """Encode text a user typed: ``special`` says what a special-token string in it becomes,
+        its id (``"allow"``), plain text (``"text"``) or, by default, an error (``"refuse"``) that
+        names ``source`` and the two command-line flags (``--allow-special``, ``--special-as-text``).
+
+        >>> BPETokenizer([], special_tokens={"<|endoftext|>": 256}).encode_user_text("a<|endoftext|>", "allow")
+        [97, 256]
+        """
+        if special == "allow":
+            return self.encode(text, allowed_special="all")
+        if special == "text":
+            return self.encode_ordinary(text)
+        if special != "refuse":
+            raise ScratchLLMError(f"special must be 'refuse', 'allow' or 'text', got {special!r}")
+        found = self.find_special(text)
+        if found:
+            raise ScratchLLMError(f"{source} contains the special token {found!r}; pass --allow-special to encode it "
+                                  "as its id, or --special-as-text to encode it as plain text")
+        return self.encode_ordinary(text)
+
     def find_special(self, text: str, names: Iterable[str] | None = None) -> str | None:
         """The first special-token string in ``text`` (among ``names``, default all), or None.
 
