@@ -19,6 +19,7 @@ COMMAND_MODULES: list[str] = [
     "prepare",
     "train",
     "eval",
+    "distill",
     "plot",
     "generate",
     "convert",

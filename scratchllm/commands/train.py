@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from scratchllm.errors import ScratchLLMError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from scratchllm.presets import PRESETS
-
     p = subparsers.add_parser(
         "train",
         help="train a GPT on prepared data (or --resume a run)",
@@ -18,6 +17,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "defaults <- --preset <- --config FILE.toml <- --set section.key=value; the resolved config is "
         "saved as RUN_DIR/config.toml. Under torchrun each process trains one data-parallel rank.",
     )
+    add_run_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar or evaluation lines")
+    p.set_defaults(func=run)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The settings of a run, shared by every command that trains (train, distill)."""
+    from scratchllm.presets import PRESETS
+
     p.add_argument("--preset", choices=list(PRESETS), metavar="NAME",
                    help=f"a recipe to start from (scratchllm/presets.py): {', '.join(PRESETS)}")
     p.add_argument("--config", metavar="FILE", help="a TOML run config ([model], [train], [data] tables)")
@@ -27,13 +35,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(--set may change train.max_steps, train.max_seconds and the evaluation/checkpoint settings)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. train.lr=3e-4 or model.n_layers=6 (repeatable)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or evaluation lines")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from scratchllm.data.shards import open_prepared
     from scratchllm.train import train
+
+    config, run_dir = resolve_run(args)
+    result = train(config, run_dir, resume=bool(args.resume), progress=not args.quiet)
+    report(result, args.quiet)
+    return 0
+
+
+def resolve_run(args: argparse.Namespace) -> tuple[Any, Path]:
+    """The run config and folder that ``add_run_arguments``' flags name (a resumed run's saved config)."""
+    from scratchllm.data.shards import open_prepared
     from scratchllm.train.config import RunConfig, explicit_settings, load_run_config, resume_config
     from scratchllm.train.loop import CONFIG_FILE
 
@@ -57,9 +72,12 @@ def run(args: argparse.Namespace) -> int:
         vocab_size = open_prepared(data_dir).vocab_size
         config = load_run_config(args.preset, args.config, args.overrides,
                                  base={"model": {"vocab_size": vocab_size}, "data": {"dir": str(data_dir)}})
-    result = train(config, run_dir, resume=bool(args.resume), progress=not args.quiet)
-    if not args.quiet:
+    return config, run_dir
+
+
+def report(result: Any, quiet: bool) -> None:
+    """The line a finished run prints."""
+    if not quiet:
         val = "" if result.val_loss is None else f", val loss {result.val_loss:.4f} (best {result.best_val_loss:.4f})"
         print(f"trained {result.step} steps, {result.tokens:,} tokens in {result.seconds:.1f} s{val}; "
               f"run folder {result.run_dir}")
-    return 0

@@ -24,13 +24,16 @@ from scratchllm.train.config import RunConfig
 from scratchllm.train.distributed import DistributedContext, setup_distributed, teardown_distributed
 from scratchllm.train.evaluation import score_windows, text_token_bytes
 from scratchllm.train.loop import AutocastFactory, Evaluator, Trainer, TrainResult
+from scratchllm.train.losses import LossFunction, next_token_loss
 
 
-def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> TrainResult:
+def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          loss: LossFunction = next_token_loss) -> TrainResult:
     """Train ``config`` on the prepared data in ``config.data.dir``, writing to ``run_dir``.
 
     With ``resume=True`` the newest checkpoint in ``run_dir`` is loaded and training continues
     exactly where it stopped. Started by torchrun, every process runs this with its own rank.
+    ``loss`` replaces the next-token loss (distillation passes its own).
     """
     dist = setup_distributed(config.train.device)
     if dist.device.type == "cpu":
@@ -38,13 +41,13 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
     try:
         # one writer per run folder; under torchrun rank 0 writes it, so rank 0 holds the lock
         with exclusive_lock(run_dir) if dist.is_main else contextlib.nullcontext():
-            return build_trainer(config, run_dir, dist=dist, progress=progress).fit(resume)
+            return build_trainer(config, run_dir, dist=dist, progress=progress, loss=loss).fit(resume)
     finally:
         teardown_distributed(dist)
 
 
 def build_trainer(config: RunConfig, run_dir: str | Path, *, dist: DistributedContext | None = None,
-                  progress: bool = True) -> Trainer:
+                  progress: bool = True, loss: LossFunction = next_token_loss) -> Trainer:
     """The ``Trainer`` of a config: its data, a freshly initialised GPT, batches, evaluation and samples."""
     tc, mc = config.train, config.model
     dist = dist or DistributedContext()
@@ -60,7 +63,7 @@ def build_trainer(config: RunConfig, run_dir: str | Path, *, dist: DistributedCo
     model = GPT(mc).to(dist.device)
     batches = RandomBatches(data.train, tc.batch_size, mc.context_length, tc.seed,
                             rank=dist.rank, world_size=dist.world_size, name="the training split")
-    return Trainer(model, batches, run_dir, settings=tc, evaluate=text_evaluator(data, mc.context_length,
+    return Trainer(model, batches, run_dir, settings=tc, loss=loss, evaluate=text_evaluator(data, mc.context_length,
                    tc.batch_size, tc.eval_batches), tokenizer=data.tokenizer, run_config=config,
                    sample=_sampler(data, tc.sample_tokens), progress=progress, dist=dist)
 

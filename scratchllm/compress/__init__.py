@@ -1,0 +1,1 @@
+"""Compression: smaller or cheaper models from a trained one (distillation, ...)."""
