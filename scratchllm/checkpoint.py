@@ -72,6 +72,10 @@ def save_checkpoint(
         tensors, tied = _dedupe_tied(model.state_dict())
         save_file(tensors, tmp / MODEL_FILE, metadata={"format": FORMAT, "tied": json.dumps(tied)})
         config = {"format": FORMAT, "version": VERSION, "model": model.config.to_dict()}
+        from scratchllm.finetune.lora import lora_spec  # adapters are layers too: record how to rebuild them
+
+        if lora_spec(model):
+            config["lora"] = lora_spec(model)
         if hasattr(tokenizer, "fingerprint"):  # checked on load: another tokenizer of the same size decodes garbage
             config["tokenizer_fingerprint"] = tokenizer.fingerprint()
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -103,6 +107,10 @@ def load_checkpoint(path: str | os.PathLike, *, which: str = "newest", device: s
     if config.get("version", 0) > VERSION:
         raise ScratchLLMError(f"{ckpt / CONFIG_FILE} has format version {config['version']}; upgrade scratchllm")
     model = GPT(GPTConfig.from_dict(config["model"]))
+    if config.get("lora"):  # a LoRA run: the same adapters on the base, then every weight loads strictly
+        from scratchllm.finetune.lora import apply_lora_spec
+
+        apply_lora_spec(model, config["lora"])
     load_model_weights(model, ckpt)
     return model.to(device), load_tokenizer(ckpt)
 

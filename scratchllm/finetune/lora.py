@@ -160,6 +160,25 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model.requires_grad_(True)
 
 
+def lora_spec(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """``{layer name: {rank, alpha, splits}}`` of the model's adapters ({} without any): what
+    ``apply_lora_spec`` needs to rebuild them (checkpoints and adapter files store it)."""
+    return {n: {"rank": m.rank, "alpha": m.alpha, "splits": m.splits} for n, m in lora_layers(model).items()}
+
+
+def apply_lora_spec(model: nn.Module, spec: dict[str, dict[str, Any]]) -> None:
+    """Freeze ``model`` and give the named layers adapters as ``spec`` describes (values untrained)."""
+    model.requires_grad_(False)
+    for name, layer_spec in spec.items():
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            layer = None
+        if not isinstance(layer, nn.Linear):
+            raise ScratchLLMError(f"there is an adapter for {name}, which is not a linear layer of this model")
+        _set_submodule(model, name, LoRALinear(layer, layer_spec["rank"], layer_spec["alpha"], layer_spec["splits"]))
+
+
 def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write the adapters alone (``adapters.safetensors`` in folder ``path``), with what they fit on:
     the base model's config, and each layer's rank, alpha and splits."""
@@ -167,8 +186,7 @@ def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
     if not layers:
         raise ScratchLLMError("the model has no LoRA layers to save: apply_lora first")
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items() if ".lora_" in k}
-    meta = {"format": FORMAT, "version": VERSION, "base": _base_shape(model),
-            "layers": {n: {"rank": m.rank, "alpha": m.alpha, "splits": m.splits} for n, m in layers.items()}}
+    meta = {"format": FORMAT, "version": VERSION, "base": _base_shape(model), "layers": lora_spec(model)}
     path = Path(path)
     with fileio.atomic_path(path) as tmp:
         tmp.mkdir()
@@ -188,12 +206,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> list[str]:
     if differ:
         detail = ", ".join(f"{k} {saved[k]!r} (this model: {base.get(k)!r})" for k in differ)
         raise ScratchLLMError(f"the adapters in {path} were made for another base model: {detail}")
-    model.requires_grad_(False)
-    for name, spec in meta["layers"].items():
-        layer = model.get_submodule(name)
-        if not isinstance(layer, nn.Linear):
-            raise ScratchLLMError(f"{path} has an adapter for {name}, which is not a linear layer of this model")
-        _set_submodule(model, name, LoRALinear(layer, spec["rank"], spec["alpha"], spec["splits"]))
+    apply_lora_spec(model, meta["layers"])
     tensors = load_file(path / "adapters.safetensors")
     expected = {k for k in model.state_dict() if ".lora_" in k}
     if set(tensors) != expected:

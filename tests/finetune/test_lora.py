@@ -199,3 +199,19 @@ def test_training_changes_only_the_adapters_and_resumes_exactly(tmp_path):
     assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in whole.items() if "lora_B" in k)  # it trained
     for name in whole:
         torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=0)
+
+
+def test_a_checkpoint_of_a_lora_model_loads_with_its_adapters_and_generates(tmp_path):
+    from scratchllm.checkpoint import load_checkpoint, save_checkpoint
+    from scratchllm.generate import generate
+
+    model = _model()
+    apply_lora(model, rank=2, alpha=4, targets=["attention", "ffn"])
+    _train_adapters(model)
+    save_checkpoint(tmp_path / "ckpt", model)
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    assert list(lora_layers(loaded)) == list(lora_layers(model))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(_idx()), model(_idx()), rtol=0, atol=0)
+    assert generate(loaded, _idx()[:1, :4], max_new_tokens=3).tolist() == generate(model, _idx()[:1, :4],
+                                                                                  max_new_tokens=3).tolist()
