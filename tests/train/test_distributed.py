@@ -1,14 +1,69 @@
-"""DDP on the CPU: 2 processes (gloo) with accumulation 1 train like 1 process with accumulation 2."""
+"""DDP on the CPU: 2 processes (gloo) take the gradient of the mean over both ranks' tokens, and
+with accumulation 1 train like 1 process with accumulation 2."""
 
 from __future__ import annotations
 
+import multiprocessing
 import subprocess
 import sys
 
 import pytest
-from train_helpers import child_env, run_cli, set_args
+import torch
+from train_helpers import (
+    ONE_STEP,
+    capture_gradients,
+    child_env,
+    mean_loss_gradients,
+    padded_micro_batches,
+    run_cli,
+    set_args,
+    small_gpt,
+)
 
+from scratchllm.train import TrainConfig, Trainer
+from scratchllm.train.distributed import DistributedContext
 from scratchllm.train.metrics import read_metrics
+
+
+def _one_step_on_rank(rank: int, tmp_path) -> None:
+    """Rank ``rank`` of 2 (gloo): one step over its two micro-batches; saves the gradients it applies."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=rank, world_size=2)
+    try:
+        model = small_gpt()
+        mine = padded_micro_batches(4)[2 * rank : 2 * rank + 2]
+        trainer = Trainer(model, iter(mine), tmp_path / "run", settings=TrainConfig(grad_accum_steps=2, **ONE_STEP),
+                          progress=False, dist=DistributedContext(rank=rank, local_rank=rank, world_size=2))
+        grads = capture_gradients(trainer, model)
+        trainer.fit()
+        torch.save(grads, tmp_path / f"grads-{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_accumulating_take_the_gradient_of_the_mean_over_all_their_tokens(tmp_path):
+    # forked, not spawned: the ranks start in milliseconds instead of importing torch again
+    ranks = [multiprocessing.get_context("fork").Process(target=_one_step_on_rank, args=(r, tmp_path))
+             for r in range(2)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(120)
+        if p.exitcode is None:
+            p.kill()
+    assert [p.exitcode for p in ranks] == [0, 0]
+    # Oracle: one process, torch's mean cross-entropy over all four micro-batches (of unequal
+    # scored counts, across micro-batches and across ranks) at once.
+    loss, expected = mean_loss_gradients(small_gpt(), padded_micro_batches(4))
+    for rank in range(2):
+        grads = torch.load(tmp_path / f"grads-{rank}.pt")
+        assert grads.keys() == expected.keys()
+        for name, g in expected.items():
+            torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-7, msg=f"rank {rank}: {name}")
+    (record,) = [r for r in read_metrics(tmp_path / "run") if "loss" in r]
+    assert record["loss"] == pytest.approx(loss, rel=1e-5)
 
 
 def _curves(run_dir):

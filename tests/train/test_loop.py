@@ -1,8 +1,11 @@
-"""The training loop: exact gradient accumulation, exact resume after SIGKILL, bad losses, errors."""
+"""The training loop: the learning rate of every step, the exact gradient of the batch mean under
+accumulation, exact resume after SIGKILL, bad losses, errors."""
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -11,12 +14,25 @@ import time
 import matplotlib.image
 import pytest
 import torch
-from train_helpers import child_env, run_cli, set_args
+from train_helpers import (
+    ONE_STEP,
+    TINY,
+    capture_gradients,
+    child_env,
+    mean_loss_gradients,
+    padded_micro_batches,
+    run_cli,
+    set_args,
+    small_gpt,
+)
 
 from scratchllm.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from scratchllm.cli import main
 from scratchllm.model import GPT, GPTConfig
+from scratchllm.train import TrainConfig, Trainer, load_run_config
 from scratchllm.train.loop import IGNORE_INDEX, accumulate_gradients
 from scratchllm.train.metrics import read_metrics
+from scratchllm.train.run import build_trainer
 
 
 def _grads(model):
@@ -44,6 +60,49 @@ def test_accumulating_n_micro_batches_equals_one_batch_n_times_larger(padded):
     model.zero_grad()
     expected = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX)
     torch.testing.assert_close(big.total / n_scored, expected.detach(), rtol=1e-5, atol=1e-6)
+
+
+def warmup_cosine(step: int, warmup: int, steps: int, peak: float, floor: float) -> float:
+    """The schedule written out: update ``step`` (0-based) climbs linearly to ``peak`` at update
+    warmup - 1, then follows half a cosine down to ``floor`` at the last update, steps - 1."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return floor + (peak - floor) * (1 + math.cos(math.pi * (step - warmup + 1) / (steps - warmup))) / 2
+
+
+def test_every_step_runs_at_the_warmup_cosine_learning_rate(tiny_data, tmp_path):
+    config = load_run_config(overrides=[*TINY, f"data.dir={tiny_data}", "train.max_steps=12", "train.warmup_steps=3",
+                                        "train.lr=1e-2", "train.min_lr=1e-3", "train.eval_interval=0",
+                                        "train.eval_batches=1", "train.sample_tokens=0"],
+                             base={"model": {"vocab_size": 258}})
+    trainer = build_trainer(config, tmp_path / "run", progress=False)
+    used = []  # what the optimizer really steps with, every parameter group
+    trainer.optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append([g["lr"] for g in opt.param_groups]))
+    trainer.fit()
+    expected = [warmup_cosine(s, 3, 12, 1e-2, 1e-3) for s in range(12)]
+    assert expected[2] == pytest.approx(1e-2) and expected[-1] == pytest.approx(1e-3)  # the oracle's own ends
+    assert len(trainer.optimizer.param_groups) == 2
+    assert used == [pytest.approx([lr, lr], rel=1e-12) for lr in expected]
+    logged = [(r["step"], r["lr"]) for r in read_metrics(tmp_path / "run") if "lr" in r]
+    assert logged == [(s + 1, pytest.approx(lr, rel=1e-12)) for s, lr in enumerate(expected)]
+
+
+def test_one_step_of_accumulation_has_the_gradient_of_the_batch_mean(tmp_path):
+    model = small_gpt()
+    plain = copy.deepcopy(model)
+    micro = padded_micro_batches(3)
+    counts = [int((y != IGNORE_INDEX).sum()) for _, y in micro]
+    assert len(set(counts)) == 3  # unequal scored tokens per micro-batch: a mean of means would differ
+    trainer = Trainer(model, iter(micro), tmp_path / "run", settings=TrainConfig(grad_accum_steps=3, **ONE_STEP),
+                      progress=False)
+    grads = capture_gradients(trainer, model)
+    trainer.fit()
+    loss, expected = mean_loss_gradients(plain, micro)
+    assert grads.keys() == expected.keys()
+    for name, g in expected.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-7, msg=name)
+    (record,) = [r for r in read_metrics(tmp_path / "run") if "loss" in r]
+    assert record["loss"] == pytest.approx(loss, rel=1e-5) and record["tokens"] == sum(counts)
 
 
 def _train_args(data, out, *extra):
@@ -113,18 +172,24 @@ def test_nan_loss_stops_with_a_clear_message(tiny_data, tmp_path):
     load_checkpoint(newest)  # still loads
 
 
-def test_user_mistakes_are_one_line_errors(tiny_data, tmp_path):
+def test_user_mistakes_are_one_line_errors(tiny_data, tmp_path, capsys):
+    # One case in a fresh process: what a user's shell sees (exit status 2, the message on stderr).
     fp16 = run_cli(*_train_args(tiny_data, tmp_path / "a", "train.precision=fp16", "train.device=cpu"))
     assert fp16.returncode == 2 and "fp16 needs a CUDA GPU" in fp16.stderr
-    ok = run_cli(*_train_args(tiny_data, tmp_path / "b", "train.max_steps=5"))
-    assert ok.returncode == 0, ok.stderr
-    conflict = run_cli("train", "--resume", str(tmp_path / "b"), "--set", "train.lr=0.5", "--set", "model.n_layers=3")
-    assert conflict.returncode == 2
-    assert "train.lr (saved 0.003, given 0.5)" in conflict.stderr and "model.n_layers" in conflict.stderr
-    again = run_cli(*_train_args(tiny_data, tmp_path / "b", "train.max_steps=5"))
-    assert again.returncode == 2 and "--resume" in again.stderr
-    typo = run_cli("train", "--data", str(tiny_data), "--out", str(tmp_path / "c"), "--set", "train.max_step=3")
-    assert typo.returncode == 2 and "did you mean 'train.max_steps'" in typo.stderr
+    assert fp16.stderr.strip().splitlines() == [next(line for line in fp16.stderr.splitlines() if "fp16" in line)]
+
+    def error(*argv: str) -> str:  # the same main() in this process: no interpreter and torch to start
+        code = main(list(argv))
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        return err
+
+    assert main(_train_args(tiny_data, tmp_path / "b", "train.max_steps=5")) == 0
+    conflict = error("train", "--resume", str(tmp_path / "b"), "--set", "train.lr=0.5", "--set", "model.n_layers=3")
+    assert "train.lr (saved 0.003, given 0.5)" in conflict and "model.n_layers" in conflict
+    assert "--resume" in error(*_train_args(tiny_data, tmp_path / "b", "train.max_steps=5"))
+    typo = error("train", "--data", str(tiny_data), "--out", str(tmp_path / "c"), "--set", "train.max_step=3")
+    assert "did you mean 'train.max_steps'" in typo
 
 
 def test_max_seconds_stops_early_with_a_final_evaluation_and_checkpoint(tiny_data, tmp_path):
