@@ -50,39 +50,54 @@ PACKAGE = REPO / "scratchllm"
 
 # Each target file (under scratchllm/) and the tests that should catch a bug in it: the fast ones
 # that exercise it directly (tiny models, no subprocesses). The file's doctests run too.
+TRAINER = "tests/train/test_trainer.py::"
+LOOP = "tests/train/test_loop.py::"
+BPE = "tests/tokenizer/test_bpe.py::"
 TESTS: dict[str, list[str]] = {
     "train/loop.py": [
-        "tests/train/test_trainer.py",
-        "tests/train/test_loop.py::test_accumulating_n_micro_batches_equals_one_batch_n_times_larger",
-        "tests/train/test_loop.py::test_every_step_runs_at_the_warmup_cosine_learning_rate",
-        "tests/train/test_loop.py::test_one_step_of_accumulation_has_the_gradient_of_the_batch_mean",
+        f"{TRAINER}test_a_custom_loss_on_a_frozen_subset_takes_exactly_the_optimizer_step_of_its_mean",
+        f"{TRAINER}test_nothing_trainable_is_refused",
+        f"{TRAINER}test_a_default_evaluator_scores_the_custom_loss_on_validation_batches",
+        f"{LOOP}test_accumulating_n_micro_batches_equals_one_batch_n_times_larger",
+        f"{LOOP}test_every_step_runs_at_the_warmup_cosine_learning_rate",
+        f"{LOOP}test_one_step_of_accumulation_has_the_gradient_of_the_batch_mean",
+        "tests/train/test_distributed.py::test_two_ranks_accumulating_take_the_gradient_of_the_mean_over_all_their_tokens",
     ],
     "train/optim.py": [
         "tests/train/test_optim.py",
-        "tests/train/test_loop.py::test_every_step_runs_at_the_warmup_cosine_learning_rate",
+        f"{LOOP}test_every_step_runs_at_the_warmup_cosine_learning_rate",
     ],
     "model/attention.py": [
         "tests/model/test_attention.py",
         "tests/model/test_gqa.py",
-        "tests/model/test_gpt_model.py",
         "tests/model/test_prefill.py",
+        "tests/model/test_positions.py::test_attention_rotates_queries_and_keys_as_transformers_does",
+        "tests/model/test_gpt_model.py",
         "tests/test_generate.py",
     ],
     "model/positions.py": [
         "tests/model/test_positions.py",
-        "tests/model/test_gpt_model.py",
         "tests/model/test_prefill.py",
+        "tests/model/test_gpt_model.py",
         "tests/test_generate.py",
     ],
     "model/gpt.py": [
         "tests/model/test_gpt_model.py",
         "tests/model/test_model_config.py",
         "tests/model/test_prefill.py",
+        "tests/model/test_positions.py",
         "tests/model/test_book_oracle.py",
         "tests/test_generate.py",
     ],
-    "tokenizer/bpe.py": [
-        "tests/tokenizer/test_bpe.py",
+    "tokenizer/bpe.py": [  # all of test_bpe.py but the two that read the 5 MB Shakespeare corpus
+        f"{BPE}{name}" for name in (
+            "test_fast_training_equals_naive_recount", "test_fast_training_equals_naive_on_repetitive_words",
+            "test_training_is_deterministic_and_lays_out_ids", "test_round_trip_any_text",
+            "test_decode_of_split_utf8_matches_tiktoken", "test_special_token_policy", "test_bad_special_tokens",
+            "test_bad_training_inputs", "test_running_out_of_pairs_stops_with_a_warning",
+            "test_explain_word_replays_encoding", "test_decode_rejects_unknown_ids",
+            "test_ids_in_the_surrogate_range_survive_the_id_strings", "test_find_special",
+            "test_pair_table_lookup_equals_a_dict", "test_batch_encoding_takes_empty_chunks_anywhere")
     ],
     "generate.py": [
         "tests/test_generate.py",
@@ -235,18 +250,69 @@ def _present(copy: Path, test: str) -> bool:
     return (copy / path).is_file() and (not name or f"def {name}(" in (copy / path).read_text())
 
 
-def _pytest(copy: Path, relpath: str, timeout: float) -> tuple[int | None, float, str]:
-    tests = [t for t in TESTS[relpath] if _present(copy, t)]
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header",
-           f"scratchllm/{relpath}", *tests]
-    env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1"}
-    begin = time.perf_counter()
+# A worker: imports torch and pytest once, then forks a child per test run, so a mutant costs its
+# tests and not an interpreter start (seconds on a loaded 2-core machine). The parent never imports
+# scratchllm, so every child imports the copy's files as they are at that moment.
+SERVER = r"""
+import json, os, signal, sys, time
+sys.dont_write_bytecode = True  # a mutant the same size as the original must not meet a stale .pyc
+import numpy, pytest, torch  # noqa: F401
+for name in ("tqdm", "safetensors.torch", "transformers.models.llama.modeling_llama", "tiktoken"):
     try:
-        done = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return None, time.perf_counter() - begin, ""
-    return done.returncode, time.perf_counter() - begin, done.stdout[-2000:] + done.stderr[-2000:]
+        __import__(name)
+    except ImportError:
+        pass
+os.chdir(sys.argv[1])
+for line in sys.stdin:
+    args, timeout = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        os.setpgid(0, 0)  # its own process group: a timeout kills what its tests started too
+        out = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(out, 1), os.dup2(out, 2)
+        try:
+            code = int(pytest.main(args))
+        except BaseException:
+            code = 3
+        os._exit(code)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            break
+        if time.monotonic() > deadline:
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            code = None
+            break
+        time.sleep(0.01)
+    print(json.dumps(code), flush=True)
+"""
+
+
+class Worker:
+    """A forking test runner in its own copy of the repository."""
+
+    def __init__(self, copy: Path) -> None:
+        self.copy = copy
+        env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
+               "MKL_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER, str(copy)], cwd=copy, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def pytest(self, relpath: str, timeout: float) -> tuple[int | None, float]:
+        """Run the tests of ``relpath`` (and its doctests); the exit status (None: timed out) and seconds."""
+        tests = [t for t in TESTS[relpath] if _present(self.copy, t)]
+        args = ["-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", f"scratchllm/{relpath}", *tests]
+        begin = time.perf_counter()
+        self.proc.stdin.write(json.dumps([args, timeout]) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline()), time.perf_counter() - begin
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def _make_copy(root: Path) -> Path:
@@ -265,8 +331,8 @@ def _make_copy(root: Path) -> Path:
 def run(files: list[str], max_per_file: int, workers: int, seed: int, timeout_factor: float) -> dict:
     """Baseline each file's tests, then every (sampled) mutant; a report per file."""
     root = Path(tempfile.mkdtemp(prefix="scratchllm-mutants-"))
-    copies = [_make_copy(root) for _ in range(workers)]
-    free = list(copies)
+    pool_of = [Worker(_make_copy(root)) for _ in range(workers)]
+    free = list(pool_of)
     lock = threading.Lock()
     report: dict = {"files": {}}
     try:
@@ -276,25 +342,33 @@ def run(files: list[str], max_per_file: int, workers: int, seed: int, timeout_fa
             total = len(mutants)
             if max_per_file and total > max_per_file:
                 mutants = sorted(random.Random(seed).sample(mutants, max_per_file), key=lambda m: m.start)
-            code, base_s, out = _pytest(copies[0], relpath, timeout=600)
+            code, base_s = pool_of[0].pytest(relpath, timeout=900)
             if code != 0:
-                raise SystemExit(f"the tests of {relpath} fail without any mutant:\n{out}")
+                raise SystemExit(f"the tests of {relpath} fail without any mutant (exit status {code}): "
+                                 f"run them: pytest -x scratchllm/{relpath} {' '.join(TESTS[relpath])}")
             timeout = max(20.0, timeout_factor * base_s)
             print(f"{relpath}: {len(mutants)} of {total} mutants, tests take {base_s:.1f} s unmutated "
                   f"(timeout {timeout:.0f} s)", flush=True)
 
-            def one(mutant: Mutant, source: bytes = source, relpath: str = relpath, timeout: float = timeout):
+            done: list[str] = []
+
+            def one(mutant: Mutant, source: bytes = source, relpath: str = relpath, timeout: float = timeout,
+                    done: list[str] = done, n: int = len(mutants)) -> Result:
                 with lock:
-                    copy = free.pop()
-                target = copy / "scratchllm" / relpath
+                    worker = free.pop()
+                target = worker.copy / "scratchllm" / relpath
                 try:
                     target.write_bytes(mutant.apply(source))
-                    code, seconds, _ = _pytest(copy, relpath, timeout)
+                    code, seconds = worker.pytest(relpath, timeout)
                 finally:
                     target.write_bytes(source)
                     with lock:
-                        free.append(copy)
+                        free.append(worker)
                 outcome = "timeout" if code is None else "survived" if code == 0 else "killed"
+                with lock:
+                    done.append(outcome)
+                    print(f"  [{len(done)}/{n}] line {mutant.line} ({mutant.kind}): {outcome} "
+                          f"in {seconds:.1f} s", flush=True)
                 return Result(mutant, outcome, seconds)
 
             begin = time.perf_counter()
@@ -316,6 +390,8 @@ def run(files: list[str], max_per_file: int, workers: int, seed: int, timeout_fa
                 print(f"  survived scratchllm/{relpath}:{r.mutant.line} ({r.mutant.kind})\n"
                       f"    - {before.strip()}\n    + {after.strip()}", flush=True)
     finally:
+        for worker in pool_of:
+            worker.close()
         shutil.rmtree(root, ignore_errors=True)
     return report
 
