@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import matplotlib.image
 import pytest
-import tiktoken
 import torch
 import torch.nn.functional as F
 
@@ -46,6 +45,7 @@ def test_tour_without_checkpoint_walks_every_stage_in_order(fresh):
 
 
 def test_token_ids_and_merges_match_tiktoken(fresh, tmp_path):
+    tiktoken = pytest.importorskip("tiktoken")
     steps, _ = fresh
     tok = BPETokenizer.train(BUILTIN_TEXT, 400, progress=False)  # the tour's own, rebuilt
     tok.export_tiktoken(tmp_path / "tour.tiktoken")

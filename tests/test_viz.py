@@ -79,6 +79,18 @@ def test_sinusoidal_and_other_plots_decode(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["next.png", "pe.png", "res.png"]  # no temp files left
 
 
+def test_next_token_bars_are_as_long_as_their_probabilities(tmp_path):
+    image = _image(viz.plot_next_token([0.5, 0.2, 0.1], ["a", "b", "c"], tmp_path / "next.png"))[..., :3]
+    blue = np.abs(image - np.array([31, 119, 180]) / 255).max(-1) < 0.02  # matplotlib's tab:blue
+    rows = blue.any(axis=1)
+    starts = np.flatnonzero(rows[1:] & ~rows[:-1]) + 1  # each bar is a run of rows, the likeliest on top
+    ends = np.flatnonzero(rows[:-1] & ~rows[1:]) + 1
+    widths = [int(blue[a:b].sum(axis=1).max()) for a, b in zip(starts, ends, strict=True)]
+    assert len(widths) == 3 and widths[0] > 200
+    assert widths[1] / widths[0] == pytest.approx(0.4, abs=0.01)
+    assert widths[2] / widths[0] == pytest.approx(0.2, abs=0.01)
+
+
 def test_save_attention_maps_one_png_per_layer_and_an_overview(model, tokenizer, tmp_path):
     paths = viz.save_attention_maps(model, tokenizer, "the cat sat on the mat", tmp_path)
     assert [p.name for p in paths] == ["attention-layer0.png", "attention-layer1.png", "attention.png"]

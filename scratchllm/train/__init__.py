@@ -1,6 +1,6 @@
 """Training: run configs, AdamW with warmup + cosine, the trainer, DDP, evaluation, metrics and plots.
 
->>> from scratchllm.train import load_run_config, train                       # doctest: +SKIP
+>>> from scratchllm.train import load_run_config, train
 >>> config = load_run_config("baby-shakespeare", overrides=["train.max_steps=100", "data.dir=data/tiny"])
 >>> train(config, "runs/baby")                                                # doctest: +SKIP
 """

@@ -215,7 +215,7 @@ def resume_config(saved: RunConfig, given: dict[str, dict[str, Any]], run_dir: s
 def parse_override(item: str) -> tuple[str, str, Any]:
     """Split ``section.key=value`` and type-check the value against the dataclass field.
 
-    >>> parse_override("train.lr=3e-4")   # doctest: +SKIP
+    >>> parse_override("train.lr=3e-4")
     ('train', 'lr', 0.0003)
     """
     if "=" not in item or "." not in item.split("=", 1)[0]:

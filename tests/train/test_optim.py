@@ -30,21 +30,31 @@ def test_weight_decay_on_matrices_only_and_tied_weights_once():
     assert ids(no_decay) == {id(model.norm.weight), id(model.norm.bias), id(model.proj.bias)}
 
 
-def test_fused_adamw_matches_the_reference_implementation():
+def test_the_optimizer_takes_the_adamw_steps_written_out():
+    # Oracle: Loshchilov & Hutter's AdamW by hand, in float64: decoupled decay on matrices only,
+    # bias-corrected moments, eps 1e-8 outside the square root.
     torch.manual_seed(0)
-    a, b = Tied(), Tied()
-    b.load_state_dict(a.state_dict())
-    fused = make_optimizer(a, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.99), device_type="cpu")
-    reference = torch.optim.AdamW(param_groups(b, 0.1), lr=1e-2, betas=(0.9, 0.99), foreach=False)
-    assert fused.defaults["fused"]
-    for _ in range(5):
+    model = Tied()
+    lr, wd, b1, b2, eps = 1e-2, 0.1, 0.9, 0.99, 1e-8
+    opt = make_optimizer(model, lr=lr, weight_decay=wd, betas=(b1, b2), device_type="cpu")
+    assert opt.defaults["fused"]
+    params = list(model.parameters())  # the tied matrix once
+    theta = [p.detach().double().clone() for p in params]
+    m = [torch.zeros_like(t) for t in theta]
+    v = [torch.zeros_like(t) for t in theta]
+    for t in range(1, 5):
         x = torch.randint(0, 10, (3, 7))
-        for model, opt in ((a, fused), (b, reference)):
-            model.head(model.proj(model.norm(model.emb(x)))).square().mean().backward()
-            opt.step()
-            opt.zero_grad()
-    for p, q in zip(a.parameters(), b.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        model.head(model.proj(model.norm(model.emb(x)))).square().mean().backward()
+        for i, p in enumerate(params):
+            g = p.grad.double()
+            decay = wd if p.dim() >= 2 else 0.0
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            theta[i] = theta[i] * (1 - lr * decay) - lr * (m[i] / (1 - b1**t)) / ((v[i] / (1 - b2**t)).sqrt() + eps)
+        opt.step()
+        opt.zero_grad()
+        for p, expected in zip(params, theta, strict=True):
+            torch.testing.assert_close(p.detach().double(), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("warmup", [0, 1, 10])
@@ -63,3 +73,17 @@ def test_schedule_warms_up_linearly_then_decays_to_the_floor(warmup):
         assert lrs[int(mid)] == pytest.approx(5.5e-4)
     assert all(math.isfinite(x) for x in lrs)
     assert lr_at(500, **kw) == pytest.approx(1e-4)  # past the end: stays at the floor
+
+
+@pytest.mark.parametrize(("warmup", "steps"), [(5, 5), (5, 3), (1, 1), (0, 1)])
+def test_a_schedule_with_no_room_to_decay_stays_at_the_peak(warmup, steps):
+    # max_steps <= warmup_steps: the run ends inside the warmup (or at its last step), and a resumed
+    # run that goes on past max_steps keeps the peak rather than dividing by a cosine of length 0.
+    kw = dict(max_lr=1e-3, min_lr=1e-4, warmup_steps=warmup, max_steps=steps)
+    for s in range(warmup, warmup + 3):
+        assert lr_at(s, **kw) == 1e-3
+
+
+def test_a_one_step_decay_ends_at_the_floor():
+    kw = dict(max_lr=1e-3, min_lr=1e-4, warmup_steps=5, max_steps=6)  # the peak at update 4, the floor at 5
+    assert [lr_at(s, **kw) for s in range(4, 8)] == pytest.approx([1e-3, 1e-4, 1e-4, 1e-4])
