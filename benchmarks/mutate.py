@@ -35,6 +35,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -416,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
             for m in find_mutants(relpath, source):
                 print(f"scratchllm/{relpath}:{m.line} ({m.kind}): {m.original!r} -> {m.replacement!r}")
         return 0
+    # a kill (SIGTERM) unwinds like an error: the workers stop and the copies are removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     begin = time.perf_counter()
     report = run(args.files, args.max_per_file, args.workers, args.seed, args.timeout_factor)
     report["seconds"] = round(time.perf_counter() - begin, 1)

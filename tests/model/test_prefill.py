@@ -9,7 +9,8 @@ import torch
 
 from scratchllm.model import GPT, GPTConfig, registry
 
-CHUNKS = [4, 1, 5, 3]  # 13 tokens: a first chunk, a single token, then chunks after a non-empty cache
+CHUNKS = [4, 1, 2, 5, 3]  # 15 tokens: a first chunk, a single token, then chunks after a non-empty cache
+# (2 new tokens: as many as GQA's key/value heads, so the head counts, not the lengths, must pick GQA)
 ATTENTION = {"multihead": {}, "gqa": dict(attention="grouped_query", n_kv_heads=2),
              "mqa": dict(attention="grouped_query", n_kv_heads=1)}
 
@@ -51,15 +52,16 @@ def test_chunked_prefill_equals_one_uncached_pass(pos_encoding, attention, impl)
 @pytest.mark.parametrize("pos_encoding", ["learned", "rope"])
 def test_chunked_prefill_of_left_padded_rows_equals_one_pass_with_the_same_mask(pos_encoding):
     model = sharp_model(pos_encoding=pos_encoding)
-    ids = torch.randint(0, 512, (2, 13), generator=torch.Generator().manual_seed(2))
-    real = torch.ones(2, 13, dtype=torch.bool)
+    N = sum(CHUNKS)
+    ids = torch.randint(0, 512, (2, N), generator=torch.Generator().manual_seed(2))
+    real = torch.ones(2, N, dtype=torch.bool)
     real[1, :4] = False  # row 1: 4 tokens of left padding
     positions = (real.cumsum(1) - 1).clamp(min=0)
     # causal, and no token reads padding (a padding query reads itself, so no softmax row is empty)
-    mask = torch.ones(13, 13, dtype=torch.bool).tril() & (real[:, None, None, :] | torch.eye(13, dtype=torch.bool))
+    mask = torch.ones(N, N, dtype=torch.bool).tril() & (real[:, None, None, :] | torch.eye(N, dtype=torch.bool))
     with torch.no_grad():
         whole = model(ids, positions=positions, mask=mask)
-        cache = model.new_cache(2, 13)
+        cache = model.new_cache(2, N)
         pieces, start = [], 0
         for chunk in _chunks(ids):
             end = start + chunk.shape[1]
