@@ -269,3 +269,18 @@ def test_special_token_flags_are_the_same_everywhere(world, tmp_path, capsys, fl
                  flag]) == 0
     assert main(["generate", "--checkpoint", str(world / "run"), "--prompt", text, "--max-new-tokens", "2",
                  "--temperature", "0", flag]) == 0
+
+
+def test_convert_round_trip_keeps_the_tokenizer(world, tmp_path):
+    from scratchllm.checkpoint import load_checkpoint
+
+    assert main(["convert", "--from-hf", str(world / "hf"), "--out", str(tmp_path / "back")]) == 0
+    assert load_checkpoint(tmp_path / "back")[1] == load_checkpoint(world / "run")[1]
+
+
+def test_a_resumed_run_finds_its_data_from_another_folder(world, tmp_path, monkeypatch):
+    shutil.copytree(world / "data", tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "data", "--out", "run", "--quiet", *tiny_set("train.max_steps=2")]) == 0
+    monkeypatch.chdir(world)
+    assert main(["train", "--resume", str(tmp_path / "run"), "--quiet", "--set", "train.max_steps=3"]) == 0

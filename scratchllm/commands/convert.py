@@ -13,9 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "convert",
         help="convert between Hugging Face GPT-2 folders and scratchllm checkpoints",
-        description="--from-hf DIR --out CKPT reads config.json + model.safetensors (+ vocab.json and "
-        "merges.txt when present) into a scratchllm checkpoint; --to-hf CKPT --out DIR writes a folder that "
-        "transformers.GPT2LMHeadModel.from_pretrained loads (+ tokenizer.json).",
+        description="--from-hf DIR --out CKPT reads config.json + model.safetensors (+ tokenizer.json, or "
+        "vocab.json and merges.txt, when present) into a scratchllm checkpoint; --to-hf CKPT --out DIR writes a "
+        "folder that transformers.GPT2LMHeadModel.from_pretrained loads (+ tokenizer.json).",
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--from-hf", metavar="DIR", help="a Hugging Face GPT-2 folder")
@@ -46,13 +46,16 @@ def run(args: argparse.Namespace) -> int:
         src = Path(args.from_hf)
         model = load_hf_gpt2(src)
         tokenizer = None
-        if (src / "vocab.json").is_file() and (src / "merges.txt").is_file():
-            from scratchllm.tokenizer import BPETokenizer
+        from scratchllm.tokenizer import BPETokenizer
 
+        if (src / "tokenizer.json").is_file():  # what --to-hf writes: its split pattern and special tokens too
+            tokenizer = BPETokenizer.from_hf(src / "tokenizer.json")
+        elif (src / "vocab.json").is_file() and (src / "merges.txt").is_file():
             tokenizer = BPETokenizer.from_gpt2_files(src / "vocab.json", src / "merges.txt")
         save_checkpoint(out, model, tokenizer)
         atomic_write_json(out / MARKER, {"written_by": "scratchllm convert", "from_hf": str(src)})
-        note = "with its tokenizer" if tokenizer is not None else "without a tokenizer (no vocab.json + merges.txt)"
+        note = ("with its tokenizer" if tokenizer is not None
+                else "without a tokenizer (no tokenizer.json, nor vocab.json + merges.txt)")
         print(f"wrote {args.out} ({model.num_params():,} parameters, {note})")
     else:
         model, tokenizer = load_checkpoint(args.to_hf)

@@ -42,5 +42,7 @@ def run(args: argparse.Namespace) -> int:
     for name, s in m["splits"].items():
         print(f"  {name:5s} {s['tokens']:>12,} tokens  {s['documents']:>8,} documents  {s['characters']:>13,} chars")
     print(f"  vocabulary {data.vocab_size:,} ({m['dtype']}), split: {m['split_rule']}")
-    print(f"next: scratchllm train --data {out} --out runs/NAME")
+    # a shape that fits the data: a small corpus overfits GPT-2 small long before it trains it
+    preset = "baby-shakespeare" if m["splits"]["train"]["tokens"] < 50_000_000 else "gpt2-124m"
+    print(f"next: scratchllm train --data {out} --out runs/NAME --preset {preset}")
     return 0

@@ -62,6 +62,10 @@ def resolve_run(args: argparse.Namespace) -> tuple[Any, Path]:
         if args.data:
             given["data"]["dir"] = args.data
         config = resume_config(RunConfig.load(run_dir / CONFIG_FILE), given, run_dir)
+        saved = Path(config.data.dir)
+        if not saved.is_absolute() and not (saved / "manifest.json").is_file():  # runs saved before paths were absolute
+            raise ScratchLLMError(f"{run_dir}'s data folder {saved} is relative to where the run started and is not "
+                                  f"found from {Path.cwd()}: pass --data DATA_DIR")
     else:
         if not args.out:
             raise ScratchLLMError("give --out RUN_DIR for a new run (or --resume RUN_DIR to continue one)")
@@ -72,6 +76,10 @@ def resolve_run(args: argparse.Namespace) -> tuple[Any, Path]:
         vocab_size = open_prepared(data_dir).vocab_size
         config = load_run_config(args.preset, args.config, args.overrides,
                                  base={"model": {"vocab_size": vocab_size}, "data": {"dir": str(data_dir)}})
+        if not (args.preset or args.config or getattr(args, "quiet", False)):
+            _say_what_it_builds(config)
+    # absolute, so that --resume works from any folder
+    config.data.dir = str(Path(config.data.dir).resolve())
     return config, run_dir
 
 
@@ -81,3 +89,19 @@ def report(result: Any, quiet: bool) -> None:
         val = "" if result.val_loss is None else f", val loss {result.val_loss:.4f} (best {result.best_val_loss:.4f})"
         print(f"trained {result.step} steps, {result.tokens:,} tokens in {result.seconds:.1f} s{val}; "
               f"run folder {result.run_dir}")
+
+
+def _say_what_it_builds(config: Any) -> None:
+    """With no --preset or --config the defaults build GPT-2 small's shape: say so before minutes pass."""
+    import sys
+
+    import torch
+
+    from scratchllm.model import GPT
+
+    with torch.device("meta"):  # shapes only
+        params = GPT(config.model).num_params()
+    m = config.model
+    print(f"no --preset or --config: training the default model, {params / 1e6:.0f}M parameters ({m.n_layers} layers, "
+          f"d_model {m.d_model}, context {m.context_length}), slow on a CPU; for a first run pass --preset "
+          "baby-shakespeare (the list: scratchllm/presets.py)", file=sys.stderr, flush=True)

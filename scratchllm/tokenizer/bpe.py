@@ -404,6 +404,11 @@ class BPETokenizer:
         return cls(**formats.read_tiktoken(path, pattern=pattern, special_tokens=special_tokens))
 
     @classmethod
+    def from_hf(cls, path: str | os.PathLike) -> BPETokenizer:
+        """Load a Hugging Face byte-level BPE ``tokenizer.json`` (what ``export_hf`` writes)."""
+        return cls(**formats.read_hf(path))
+
+    @classmethod
     def from_gpt2_files(
         cls, encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike, special_tokens: Sequence[str] = ()
     ) -> BPETokenizer:

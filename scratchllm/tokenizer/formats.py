@@ -287,6 +287,29 @@ def export_hf(tok: BPETokenizer, path: str | os.PathLike) -> Path:
     return path
 
 
+def read_hf(path: str | os.PathLike) -> TokenizerArgs:
+    """Read a byte-level BPE ``tokenizer.json`` as ``export_hf`` writes it (and GPT-2's on the Hub):
+    the vocabulary, the merges, the special tokens, and the split regex (GPT-2's when none is given)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        model = data["model"]
+        vocab, table = model["vocab"], bytes_to_unicode()
+        byte_ids = [vocab[table[b]] for b in range(256)]
+        merges = []
+        for merge in model["merges"]:
+            left, right = merge.split(" ") if isinstance(merge, str) else merge
+            merges.append((vocab[left], vocab[right], vocab[left + right]))
+        specials = {t["content"]: t["id"] for t in data.get("added_tokens", []) if t.get("special")}
+        steps = data.get("pre_tokenizer") or {}
+        steps = steps.get("pretokenizers", [steps])
+        patterns = [s["pattern"]["Regex"] for s in steps
+                    if s.get("type") == "Split" and "Regex" in s.get("pattern", {})]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ScratchLLMError(f"{path} is not a byte-level BPE tokenizer.json this package reads ({err!r})") from err
+    return {"merges": merges, "pattern": patterns[0] if patterns else GPT2_PATTERN, "special_tokens": specials,
+            "byte_ids": byte_ids}
+
+
 def read_gpt2_files(
     encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike, special_tokens: Sequence[str] = ()
 ) -> TokenizerArgs:

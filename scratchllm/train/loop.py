@@ -362,7 +362,9 @@ class Trainer:
         kept = f"the last good checkpoint is {found[-1]}" if found else "no checkpoint had been written yet"
         raise ScratchLLMError(
             f"the training loss became {loss} at step {self.step + 1}; stopped before applying it, {kept}. "
-            "Lower train.lr, keep train.grad_clip on, or use train.precision=fp32, then --resume or start again"
+            f"Start a new run (another --out) with a lower train.lr (now {self.settings.lr:g}), train.grad_clip > 0 "
+            f"(now {self.settings.grad_clip:g}) or train.precision=fp32 (now {self.precision}): --resume keeps "
+            "these settings"
         )
 
     # -- evaluation, logging, checkpoints -----------------------------------------------------
