@@ -326,9 +326,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
 
 
+# what to do about a damaged checkpoint: name a way to reach an earlier one
+_EARLIER = ("the checkpoint is incomplete or damaged: pass an earlier one, RUN/checkpoints/step-N (--resume RUN skips "
+            "damaged ones by itself)")
+
+
 def read_json(file: Path) -> dict[str, Any]:
     """Read a JSON file of a checkpoint; a missing, truncated or corrupt file is named in the error."""
-    return fileio.read_json(file, "the checkpoint is incomplete or damaged: use an earlier one")
+    return fileio.read_json(file, _EARLIER)
 
 
 def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
@@ -337,7 +342,7 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(file)
     except Exception as err:  # safetensors raises its own error types for every kind of damage
-        raise ScratchLLMError(f"{file} is corrupt or truncated ({err}); use an earlier checkpoint") from None
+        raise ScratchLLMError(f"{file} is corrupt or truncated ({err}); {_EARLIER}") from None
 
 
 def _safetensors_metadata(file: Path) -> dict[str, str]:

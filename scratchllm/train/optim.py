@@ -53,9 +53,9 @@ def lr_at(step: int, *, max_lr: float, min_lr: float, warmup_steps: int, max_ste
     """Learning rate for the optimizer update number ``step`` (0-based).
 
     Linear warmup from ``max_lr / warmup_steps`` to ``max_lr`` over ``warmup_steps`` updates,
-    then half a cosine from ``max_lr`` (at update ``W - 1``) down to ``min_lr`` at the last one:
+    then half a cosine from ``max_lr`` (at update ``P = max(W - 1, 0)``) down to ``min_lr`` at the last one:
 
-        lr(s) = min_lr + (max_lr - min_lr) * (1 + cos(pi * (s - W + 1) / (S - W))) / 2
+        lr(s) = min_lr + (max_lr - min_lr) * (1 + cos(pi * (s - P) / (S - 1 - P))) / 2
 
     >>> [round(lr_at(s, max_lr=1.0, min_lr=0.1, warmup_steps=2, max_steps=5), 3) for s in range(5)]
     [0.5, 1.0, 0.775, 0.325, 0.1]
