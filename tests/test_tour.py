@@ -109,3 +109,18 @@ def test_cli_tour_and_attention(tmp_path, capsys):
     assert names == [f"attention-layer{i}.png" for i in range(model.config.n_layers)] + ["attention.png"]
     assert main(["attention", "--checkpoint", str(tmp_path / "missing"), "--text", TEXT]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_the_tour_doc_labels_its_output_an_example_of_the_current_demo_shape():
+    from pathlib import Path
+
+    from scratchllm import presets
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "tour.md").read_text(encoding="utf-8")
+    assert "The output and figures below are an example" in doc  # not figures of today's code
+    recipe = presets.get("demo")
+    config = GPTConfig.from_dict({**recipe.model, "vocab_size": recipe.vocab_size})
+    with torch.device("meta"):
+        params = GPT(config).num_params()
+    assert (f"{params:,} parameters: {config.n_layers} blocks, {config.n_heads} heads, d_model {config.d_model}, "
+            f"context {config.context_length}") in doc
