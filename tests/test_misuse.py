@@ -284,3 +284,23 @@ def test_a_resumed_run_finds_its_data_from_another_folder(world, tmp_path, monke
     assert main(["train", "--data", "data", "--out", "run", "--quiet", *tiny_set("train.max_steps=2")]) == 0
     monkeypatch.chdir(world)
     assert main(["train", "--resume", str(tmp_path / "run"), "--quiet", "--set", "train.max_steps=3"]) == 0
+
+
+@pytest.mark.parametrize("argv", [
+    ["tokenizer", "train", "--input", "{w}/the-verdict.txt", "--vocab-size", "300", "--out", "{w}/new/tok"],
+    ["plot", "{w}/run", "--out", "{w}/new/loss.png"],
+    ["convert", "--to-hf", "{w}/run", "--out", "{w}/new/hf"],
+], ids=["tokenizer-train", "plot", "convert"])
+def test_a_full_disk_is_one_line_and_leaves_no_temporary_or_empty_folder(world, capsys, monkeypatch, argv):
+    import errno
+
+    from scratchllm import fileio
+
+    def full(tmp, path):  # as if the disk filled while the temporary was written: it never lands
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(fileio.os, "replace", full)
+    before = snapshot(world)
+    assert main([arg.replace("{w}", str(world)) for arg in argv]) != 0
+    _one_error_line(capsys.readouterr().err, "No space left on device; free some space")
+    assert snapshot(world) == before  # no temporary file, no empty folder new/
