@@ -3,9 +3,12 @@
 Both get the same random gpt2-124m weights (float32, tied head, as GPT-2), a 32-token prompt and
 produce 256 greedy tokens, one after the other in the same run. Then the KV cache's effect:
 uncached generation, and the cost of one new token at 256 and 1024 tokens of context with and
-without the cache.
+without the cache. Last, a learned-position model generating past its context (the demo shape,
+4 layers x 256, context 128, vocab 4096): ms/token while the KV cache serves and after the window
+fills, when every step recomputes the whole window (docs/generation.md says why). ``--window``
+runs only that part, ``--batch`` measures several sequences decoding together.
 
-    flock /tmp/scratchllm-cpu.lock .venv/bin/python benchmarks/generate.py [--quick]
+    flock /tmp/scratchllm-cpu.lock .venv/bin/python benchmarks/generate.py [--quick] [--window] [--batch 8]
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import time
 import torch
 import transformers
 
-from scratchllm.generate import generate
+from scratchllm.generate import generate, stream
 from scratchllm.interop import load_hf_gpt2
+from scratchllm.model import GPT, GPTConfig
 
 
 def timed(fn) -> tuple[float, object]:
@@ -61,13 +65,39 @@ def per_token_seconds(model, context: int, steps: int = 16) -> tuple[float, floa
     return cached, uncached
 
 
+@torch.inference_mode()
+def window_ms_per_token(batch: int = 1, prompt_tokens: int = 16, new_tokens: int = 240) -> tuple[float, float]:
+    """The demo shape (learned positions, context 128) generating ``new_tokens`` greedy tokens
+    past its context with ``crop=True``: mean ms/token of the steps whose text still fits the
+    context (the KV cache serves) and of the steps after the window filled (recompute)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("demo", vocab_size=4096)).eval()
+    ctx = model.config.context_length
+    prompt = torch.randint(0, 4096, (batch, prompt_tokens), generator=torch.Generator().manual_seed(1))
+    list(stream(model, prompt, 8, crop=True))  # warm-up
+    before, after = [], []
+    last = time.perf_counter()
+    for i, _ in enumerate(stream(model, prompt, new_tokens, crop=True)):
+        now = time.perf_counter()
+        # step i reads prompt_tokens + i tokens; the first step (the prefill) counts for neither
+        if i > 0:
+            (before if prompt_tokens + i <= ctx else after).append(now - last)
+        last = now
+    return 1e3 * sum(before) / len(before), 1e3 * sum(after) / len(after)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="skip the slow uncached 256-token runs")
+    parser.add_argument("--window", action="store_true", help="only the past-the-context measurement (demo shape)")
+    parser.add_argument("--batch", type=int, default=1, help="sequences in the past-the-context measurement")
     args = parser.parse_args()
     n = args.new_tokens
+    if args.window:
+        print_window(args.batch)
+        return
 
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()  # gpt2-124m shape, random weights
@@ -103,6 +133,16 @@ def main() -> None:
     for context in (256, 1024):
         cached, uncached = per_token_seconds(ours, context)
         print(f"| {context} | {cached * 1e3:.1f} | {uncached * 1e3:.1f} | {uncached / cached:.1f}x |")
+    print_window(args.batch)
+
+
+def print_window(batch: int) -> None:
+    before, after = window_ms_per_token(batch)
+    print(f"\n# demo shape (4 x 256, learned positions, context 128), batch {batch}, 16-token prompt, "
+          "240 greedy tokens with crop=True")
+    print("| | ms/token (whole batch) |\n|---|---:|")
+    print(f"| text within the context (KV cache) | {before:.2f} |")
+    print(f"| past the context (window recomputed per step) | {after:.2f} |")
 
 
 if __name__ == "__main__":
