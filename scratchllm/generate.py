@@ -1,16 +1,15 @@
 """Text generation: run the model, pick the next token, append it, repeat.
 
-Picking: temperature 0 takes the most likely token (greedy); otherwise the logits are divided
-by the temperature, optionally cut to the ``top_k`` most likely tokens and/or to the smallest
-set whose probability reaches ``top_p`` (nucleus sampling), and one token is drawn.
+``generate`` and ``stream`` are the one-call front of the inference engine
+(``scratchllm.inference``): each prompt becomes one sequence of an ``Engine`` with a slot of its
+own. With ``use_cache`` the prompt runs once (prefill) and stores every layer's keys and values in
+its slot of a preallocated KV cache; each later step feeds only the newest token of every row, in
+one batch. Without it every step re-runs each row's whole sequence (the book's
+``generate_text_simple``), which gives the same tokens and is the tests' oracle.
 
-Speed: with ``use_cache`` the prompt runs once (prefill) and stores every layer's keys and values
-in a preallocated ``KVCache``; each later step feeds only the newest token. Without it every step
-re-runs the whole sequence (the book's ``generate_text_simple``), which gives the same tokens.
-
-Prompts of different lengths run as one batch: they are left-padded, an attention mask keeps
-real tokens from reading the padding, and each row's positions count from its first real token,
-so each row gets the tokens it would get alone.
+Prompts of different lengths run as one batch, each at its own positions and reading only its own
+tokens, so each row gets the tokens it would get alone. Picking the next token
+(``sample_next``, greedy, temperature, top-k, top-p) is in ``scratchllm.inference.sampling``.
 
 >>> import torch; from scratchllm.model import GPT, GPTConfig
 >>> model = GPT(GPTConfig.preset("tiny"))
@@ -24,9 +23,11 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
-from scratchllm.errors import ScratchLLMError, check_range
+from scratchllm.errors import ScratchLLMError
+from scratchllm.inference import Engine, SamplingSettings, check_fits, check_sampling, eval_mode, sample_next
 from scratchllm.model import GPT
-from scratchllm.model.attention import causal_mask
+
+__all__ = ["check_sampling", "generate", "stream", "sample_next"]
 
 Prompt = torch.Tensor | Sequence[Sequence[int]]
 
@@ -49,8 +50,9 @@ def generate(
 
     idx: a (B, T) tensor of token ids, or a list of B lists of ids of any lengths.
     stop_ids: a row stops after it produces one of these (the stop token is kept).
-    seed: makes sampling reproducible (a private generator; the global RNG is untouched).
-    pad_id: the id that left-pads short prompts and follows a row's stop while others go on.
+    seed: makes sampling reproducible: row b draws from a private generator seeded ``seed + b``
+        (the global RNG is untouched), so each row equals that row generated alone with its seed.
+    pad_id: the id that follows a row's stop in the tensor output while others go on.
     crop: a learned-position model that runs out of context keeps reading its last
         ``context_length`` tokens, of the prompt and then of the text as it grows (a window that
         slides, as nanoGPT's and the book's generate do), instead of raising an error.
@@ -58,12 +60,12 @@ def generate(
     Returns a (B, T + n) tensor for tensor input, or one list per prompt (its ids and new
     tokens) for list input.
     """
-    new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, stop_ids, seed, use_cache,
+    stops = set(stop_ids)
+    new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, stops, seed, use_cache,
                       pad_id=pad_id, crop=crop))
     if isinstance(idx, torch.Tensor):
         idx = idx if idx.dim() == 2 else idx.unsqueeze(0)
         return torch.cat([idx, torch.stack(new, dim=1).to(idx.device)], dim=1) if new else idx.clone()
-    stops = set(stop_ids)
     rows = []
     for b, prompt in enumerate(idx):
         out = list(prompt)
@@ -75,7 +77,6 @@ def generate(
     return rows
 
 
-@torch.inference_mode()
 def stream(
     model: GPT,
     idx: Prompt,
@@ -95,141 +96,61 @@ def stream(
     Arguments as ``generate``. A row that has stopped yields its stop id once and ``pad_id``
     afterwards; the iterator ends when every row has stopped or after ``max_new_tokens``.
     """
-    check_sampling(max_new_tokens, temperature, top_k, top_p)
-    device = model.device
-    ids, valid = _left_pad(idx, pad_id, device)
-    ids, valid = _fit_context(model, ids, valid, max_new_tokens, crop)
-    stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
-    generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
-    B, T = ids.shape
-    total = T + max_new_tokens
-    # Learned positions stop at context_length: past it (crop) the model reads a sliding window.
-    window = model.config.context_length if model.config.pos_encoding == "learned" else total
+    settings = SamplingSettings(max_new_tokens, temperature, top_k, top_p, None, stop_ids, crop)
+    prompts = _prompts(idx)
+    rows = [SamplingSettings(max_new_tokens, temperature, top_k, top_p, None if seed is None else seed + b,
+                             settings.stop_ids, crop) for b in range(len(prompts))]
+    if max_new_tokens == 0:
+        return
+    if not use_cache:
+        yield from _recompute(model, prompts, rows, pad_id)
+        return
+    longest = max(len(p) for p in prompts)
+    engine = Engine(model, max_batch=len(prompts), max_len=longest + max_new_tokens)
+    sids = [engine.add(prompt, s) for prompt, s in zip(prompts, rows, strict=True)]
+    while engine.active:
+        tokens = {event.sid: event.token for event in engine.step()}
+        yield torch.tensor([tokens.get(sid, pad_id) for sid in sids], device=model.device)
 
-    # Which key positions hold real tokens, and the position each row's next token takes.
-    key_valid = torch.ones(B, total, dtype=torch.bool, device=device)
-    positions = None
-    if valid is not None:
-        key_valid[:, :T] = valid
-        positions = (valid.cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
 
-    was_training = model.training
-    model.eval()
-    try:
-        cache = model.new_cache(B, min(total, window)) if use_cache else None
-        seq = torch.empty(B, total, dtype=torch.long, device=device)
-        seq[:, :T] = ids
-        finished = torch.zeros(B, dtype=torch.bool, device=device)
-        length, step_ids, step_pos = T, ids, positions
-        for _ in range(max_new_tokens):
-            if cache is not None and length >= window:
-                cache = None  # the window slides from here: every position shifts, so each step recomputes it
-            if cache is not None:
-                mask = _mask(key_valid[:, :length], step_ids.shape[1]) if valid is not None else None
-                logits = model(step_ids, cache=cache, positions=step_pos, mask=mask, last_only=True)
-            else:
-                # the last `window` positions: each row's last real tokens (its own padding only
-                # where it has fewer), numbered from 0 at its first real token in the window
-                start = max(0, length - window)
-                keys = key_valid[:, start:length]
-                mask = _mask(keys, length - start) if valid is not None else None
-                window_pos = (keys.cumsum(dim=1) - 1).clamp(min=0) if valid is not None else None
-                logits = model(seq[:, start:length], positions=window_pos, mask=mask, last_only=True)
-            token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B,)
-            if len(stops):
-                token = torch.where(finished, pad_id, token)
-                finished |= torch.isin(token, stops)
-            yield token
-            if len(stops) and bool(finished.all()):
+@torch.inference_mode()
+def _recompute(
+    model: GPT, prompts: list[list[int]], rows: list[SamplingSettings], pad_id: int
+) -> Iterator[torch.Tensor]:
+    """The book's loop, row by row: every step runs a row's last ``max_positions`` tokens (all of
+    them when positions have no limit) through the model, no cache."""
+    window = model.max_positions
+    for prompt, s in zip(prompts, rows, strict=True):
+        check_fits(model, len(prompt), s, window)
+    texts = [list(p) for p in prompts]
+    generators = [s.new_generator(model.device) for s in rows]
+    done = [False] * len(texts)
+    with eval_mode(model):
+        for _ in range(rows[0].max_new_tokens):
+            step = []
+            for b, (text, s) in enumerate(zip(texts, rows, strict=True)):
+                if done[b]:
+                    step.append(pad_id)
+                    continue
+                ids = torch.tensor([text[-window:] if window else text], device=model.device)
+                token = int(s.pick(model(ids, last_only=True)[:, -1], generators[b]))
+                text.append(token)
+                done[b] = token in s.stop_ids
+                step.append(token)
+            yield torch.tensor(step, device=model.device)
+            if all(done):
                 return
-            seq[:, length] = token
-            length += 1
-            step_ids = token[:, None]
-            if positions is not None:
-                step_pos = positions[:, -1:] + (length - T)  # (B, 1)
-    finally:
-        model.train(was_training)
 
 
-def sample_next(
-    logits: torch.Tensor,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Pick one token per row from ``logits`` (B, vocab); temperature 0 = argmax.
-
-    >>> sample_next(torch.tensor([[0.1, 3.0, 0.2]]))
-    tensor([1])
-    """
-    if temperature == 0.0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # drop a token when the more likely ones already reach top_p (the first always stays)
-        drop = probs.cumsum(dim=-1) - probs >= top_p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Refuse sampling settings out of range (or not finite) with one line naming the setting."""
-    check_range("max_new_tokens", max_new_tokens, 0)
-    check_range("temperature", temperature, 0, note="0 = greedy")
-    if top_k is not None:
-        check_range("top_k", top_k, 1, note="or None for no limit")
-    if top_p is not None:
-        check_range("top_p", top_p, 0, 1, low_open=True)
-
-
-def _left_pad(idx: Prompt, pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B, T) ids and a (B, T) mask of real tokens (None when no row is padded)."""
+def _prompts(idx: Prompt) -> list[list[int]]:
+    """The prompts as lists of ids: the rows of a (B, T) or (T,) tensor, or the lists given."""
     if isinstance(idx, torch.Tensor):
         ids = idx if idx.dim() == 2 else idx.unsqueeze(0)
         if ids.dim() != 2 or ids.shape[1] == 0:
             shape = tuple(idx.shape)
             raise ScratchLLMError(f"the prompt must be a non-empty (batch, tokens) tensor, got shape {shape}")
-        return ids.to(device=device, dtype=torch.long), None
-    lengths = [len(row) for row in idx]
-    if not lengths or min(lengths) == 0:
+        return ids.tolist()
+    prompts = [[int(t) for t in row] for row in idx]
+    if not prompts or min(len(p) for p in prompts) == 0:
         raise ScratchLLMError("every prompt needs at least one token")
-    T = max(lengths)
-    ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
-    valid = torch.zeros(len(idx), T, dtype=torch.bool)
-    for b, row in enumerate(idx):
-        ids[b, T - len(row) :] = torch.as_tensor(row, dtype=torch.long)
-        valid[b, T - len(row) :] = True
-    return ids.to(device), (valid.to(device) if min(lengths) < T else None)
-
-
-def _fit_context(model: GPT, ids, valid, max_new_tokens: int, crop: bool):
-    """A learned-position model cannot see past its context: refuse, or (crop) keep the prompt's
-    last ``context_length`` tokens; the window then slides in ``stream``."""
-    cfg = model.config
-    if cfg.pos_encoding != "learned" or ids.shape[1] + max_new_tokens <= cfg.context_length:
-        return ids, valid
-    if not crop:
-        raise ScratchLLMError(
-            f"prompt of {ids.shape[1]} tokens + {max_new_tokens} new tokens exceeds the model's context_length of "
-            f"{cfg.context_length} (learned positions); shorten the prompt, lower max_new_tokens, "
-            "or let the model read only its last tokens (crop=True)"
-        )
-    ids = ids[:, -cfg.context_length :]
-    valid = valid[:, -cfg.context_length :] if valid is not None else None
-    return ids, (valid if valid is not None and not bool(valid.all()) else None)
-
-
-def _mask(key_valid: torch.Tensor, n_queries: int) -> torch.Tensor:
-    """(B, 1, T, L): causal, and no real token reads padding. A padding query reads itself, so
-    that no softmax row is empty (its output is never used)."""
-    L = key_valid.shape[1]
-    causal = causal_mask(n_queries, L, key_valid.device)  # (T, L)
-    itself = torch.eye(n_queries, L, dtype=torch.bool, device=key_valid.device).roll(L - n_queries, dims=1)
-    return (causal & (key_valid[:, None, None, :] | itself))
+    return prompts

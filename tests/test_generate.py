@@ -1,23 +1,12 @@
 import pytest
 import torch
+from sharp_models import book_generate, sharp_model
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.generate import generate, sample_next, stream
 from scratchllm.model import GPT, GPTConfig
 
 POSITIONS = ["learned", "sinusoidal", "rope", "none"]
-
-
-def sharp_model(pos_encoding="learned", **overrides):
-    """A tiny model with large random weights, so attention is far from uniform and the
-    position encoding changes which token wins (GPT-2's init is too flat to test that)."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig.preset("tiny", pos_encoding=pos_encoding, context_length=32, **overrides))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.3 if "emb" in name else 1.5 / p.shape[1] ** 0.5)
-    return model.eval()
 
 
 @pytest.mark.parametrize("pos", POSITIONS)
@@ -135,16 +124,6 @@ def test_prompt_longer_than_a_learned_context_errors_or_crops():
     assert torch.equal(cropped, book_generate(model, long, 5))
 
 
-def book_generate(model, idx, max_new_tokens):
-    """The book's generate_text_simple (and nanoGPT's sample loop): greedy, no cache, the model
-    reads the last context_length tokens at every step."""
-    with torch.no_grad():
-        for _ in range(max_new_tokens):
-            logits = model(idx[:, -model.config.context_length :])[:, -1]
-            idx = torch.cat([idx, logits.argmax(dim=-1, keepdim=True)], dim=1)
-    return idx
-
-
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_learned_positions_generate_past_the_context_with_a_sliding_window(use_cache):
     model = sharp_model("learned")  # context 32
@@ -187,3 +166,12 @@ def test_cli_streams_the_greedy_continuation_and_stops_at_endoftext(tmp_path, gp
     assert main(["generate", "--checkpoint", str(tmp_path / "ckpt"), "--prompt", prompt, "--temperature", "0"]) == 0
     out = capsys.readouterr().out
     assert "<|endoftext|>" not in out and len(out) < len(prompt) + 100
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_seeded_rows_of_a_batch_each_equal_their_row_alone_with_seed_plus_b(use_cache):
+    model = sharp_model("rope")
+    prompts = [[5, 9, 400, 2], [7], [5, 9, 400, 2]]
+    batch = generate(model, prompts, 12, temperature=1.0, top_k=30, seed=4, use_cache=use_cache)
+    assert batch == [generate(model, [p], 12, temperature=1.0, top_k=30, seed=4 + b)[0] for b, p in enumerate(prompts)]
+    assert batch[0] != batch[2]  # the same prompt, its own generator: a different sample

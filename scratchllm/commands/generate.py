@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import codecs
 import sys
 
 from scratchllm.commands._text import add_special_flags
@@ -34,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from scratchllm.commands._text import special_mode, user_text
     from scratchllm.errors import ScratchLLMError
     from scratchllm.generate import check_sampling, stream
+    from scratchllm.inference import TextStream
     from scratchllm.tokenizer import ENDOFTEXT
 
     prompt = user_text(args.prompt, "--prompt")
@@ -46,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise ScratchLLMError("the prompt is empty; give at least one character")
     eot = tokenizer.special_tokens.get(ENDOFTEXT)
     stops = [eot] if eot is not None else []
-    # A token can end in the middle of a UTF-8 character: decode bytes incrementally.
-    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    text = TextStream(tokenizer)  # a token can end inside a UTF-8 character
     sys.stdout.write(prompt)
     sys.stdout.flush()
     tokens = stream(model, [ids], args.max_new_tokens, args.temperature, args.top_k, args.top_p, stops, args.seed,
@@ -55,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     for token in tokens:
         if int(token) in stops:
             break
-        sys.stdout.write(utf8.decode(tokenizer.decode_bytes([int(token)])))
+        sys.stdout.write(text.push(int(token)))
         sys.stdout.flush()
-    sys.stdout.write(utf8.decode(b"", final=True) + "\n")
+    sys.stdout.write(text.finish() + "\n")
     return 0

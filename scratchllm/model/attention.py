@@ -61,11 +61,15 @@ def masked_softmax_attention(
 
 
 class LayerKV:
-    """One layer's keys and values, preallocated: k and v are (B, heads, max_len, head_dim)."""
+    """One layer's keys and values, preallocated: k and v are (B, heads, max_len, head_dim).
+
+    Zeros at first: rows of different lengths read columns past their own end, masked out, and
+    a masked column still multiplies its value by weight 0, which uninitialised memory (NaN)
+    would turn into NaN."""
 
     def __init__(self, batch_size: int, n_heads: int, max_len: int, head_dim: int, device=None, dtype=None) -> None:
-        self.k = torch.empty(batch_size, n_heads, max_len, head_dim, device=device, dtype=dtype)
-        self.v = torch.empty_like(self.k)
+        self.k = torch.zeros(batch_size, n_heads, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
 
     def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, heads, T, hd) at [start, start + T); return all keys and values so far."""
@@ -73,6 +77,22 @@ class LayerKV:
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def write(
+        self, rows: slice, columns: torch.Tensor, k: torch.Tensor, v: torch.Tensor, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of different lengths (the inference engine): store row i of k, v (n, heads, T, hd)
+        in cache row ``rows.start + i`` at its own ``columns[i]`` (columns (n, T)); return the keys
+        and values of those rows at [0, width), (n, heads, width, hd)."""
+        r = torch.arange(rows.start, rows.stop, device=k.device)[:, None]  # (n, 1)
+        self.k[r, :, columns] = k.transpose(1, 2)  # the indexed view is (n, T, heads, hd)
+        self.v[r, :, columns] = v.transpose(1, 2)
+        return self.k[rows, :, :width], self.v[rows, :, :width]
+
+    def move_row(self, src: int, dst: int, length: int) -> None:
+        """Copy the first ``length`` positions of cache row ``src`` into row ``dst``."""
+        self.k[dst, :, :length] = self.k[src, :, :length]
+        self.v[dst, :, :length] = self.v[src, :, :length]
 
 
 class KVCache:
