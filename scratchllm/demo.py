@@ -34,8 +34,8 @@ from typing import Any
 import torch
 
 from scratchllm import presets
-from scratchllm.errors import ScratchLLMError
-from scratchllm.fileio import atomic_write_json, atomic_write_text
+from scratchllm.errors import ScratchLLMError, check_range
+from scratchllm.fileio import atomic_write_json, atomic_write_text, check_replaceable
 
 SAMPLE_PROMPTS = ("To be, or not to be", "My gracious lord,", "\n")
 ATTENTION_TEXT = "To be, or not to be, that is the question"
@@ -87,10 +87,11 @@ def run_demo(
 
     say = echo or (lambda _: None)
     started = time.perf_counter()
-    if minutes <= 0:
-        raise ScratchLLMError(f"--minutes must be positive, got {minutes:g}")
+    check_range("--minutes", minutes, 0, low_open=True)
     recipe = presets.get(preset)
     out = Path(out)
+    if not (out / "data" / "manifest.json").is_file():  # a demo stopped after its first stage may go on
+        check_replaceable(out, "config.toml", "a run folder")  # the user's own folder is no place for a run
     if list_checkpoints(out):
         raise ScratchLLMError(f"{out} already holds a trained run: give --out a new folder, or delete {out}")
 

@@ -115,4 +115,4 @@ def test_newcomer_errors_are_one_line(demo_run, tmp_path, capsys):
     assert "already holds a trained run" in capsys.readouterr().err
     assert main(["demo", "--minutes", "0", "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err
-    assert "--minutes must be positive" in err and len(err.strip().splitlines()) == 1
+    assert "--minutes must be > 0" in err and len(err.strip().splitlines()) == 1

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchllm.errors import ScratchLLMError
+from scratchllm.errors import ScratchLLMError, check_range
 from scratchllm.train.losses import IGNORE_INDEX, Loss
 
 
@@ -50,8 +50,8 @@ class DistillationLoss:
 
     def __init__(self, teacher: nn.Module, temperature: float = 2.0, alpha: float = 0.5,
                  teacher_precision: str = "fp32") -> None:
-        if temperature <= 0 or not 0.0 <= alpha <= 1.0:
-            raise ScratchLLMError(f"distillation needs temperature > 0 and alpha in [0, 1], got {temperature}, {alpha}")
+        check_range("--temperature", temperature, 0, low_open=True)
+        check_range("--alpha", alpha, 0, 1, note="the weight of the distillation term")
         self.teacher = teacher.eval().requires_grad_(False)
         self.temperature, self.alpha, self.teacher_precision = temperature, alpha, teacher_precision
 
