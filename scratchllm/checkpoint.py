@@ -56,11 +56,13 @@ def save_checkpoint(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     train_state: dict[str, Any] | None = None,
+    task: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint directory at ``path`` atomically and return its path.
 
     ``model`` may be compiled or wrapped in DistributedDataParallel: the weights are saved
-    under the plain model's names. ``train_state`` must be JSON-serialisable.
+    under the plain model's names. ``train_state`` must be JSON-serialisable; so must ``task``,
+    what a replaced head means (a classifier's label names), kept in ``config.json`` (``read_task``).
 
     >>> save_checkpoint("ckpt", model, tokenizer)               # doctest: +SKIP
     >>> model, tokenizer = load_checkpoint("ckpt")              # doctest: +SKIP
@@ -78,6 +80,8 @@ def save_checkpoint(
             config["lora"] = lora_spec(model)
         if hasattr(tokenizer, "fingerprint"):  # checked on load: another tokenizer of the same size decodes garbage
             config["tokenizer_fingerprint"] = tokenizer.fingerprint()
+        if task is not None:
+            config["task"] = task
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         if tokenizer is not None:
             tokenizer.save(tmp / TOKENIZER_DIR)
@@ -113,6 +117,11 @@ def load_checkpoint(path: str | os.PathLike, *, which: str = "newest", device: s
         apply_lora_spec(model, config["lora"])
     load_model_weights(model, ckpt)
     return model.to(device), load_tokenizer(ckpt)
+
+
+def read_task(path: str | os.PathLike, *, which: str = "newest") -> dict[str, Any] | None:
+    """The ``task`` a checkpoint (or a run's newest/best one) was saved with, or ``None`` (a language model)."""
+    return read_json(find_checkpoint(path, which=which) / CONFIG_FILE).get("task")
 
 
 def checkpoint_version(ckpt: Path) -> int:

@@ -22,6 +22,8 @@ COMMAND_MODULES: list[str] = [
     "distill",
     "plot",
     "generate",
+    "finetune",
+    "classify",
     "convert",
     "tour",
     "attention",

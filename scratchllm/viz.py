@@ -1,5 +1,6 @@
 """Pictures of what happens inside a GPT: attention heatmaps, the sinusoidal position encoding,
-the residual stream and the next-token distribution.
+the residual stream and the next-token distribution; and of a classifier: its confusion matrix
+and its loss and accuracy per epoch.
 
 Each function draws one figure with matplotlib's file-only backend (Agg) and writes it as PNG
 atomically; each returns the path it wrote. The training loss curve lives with the training code
@@ -201,6 +202,44 @@ def plot_next_token(probs: Sequence[float], labels: Sequence[str], path: str | o
     for y, p in zip(range(len(probs))[::-1], probs, strict=True):
         ax.text(p, y, f" {p:.3f}", va="center", fontsize=8)
     ax.set_xlim(0, max(max(probs) * 1.25, 1e-3))
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(counts: torch.Tensor, labels: Sequence[str], path: str | os.PathLike, *,
+                          title: str = "confusion matrix") -> Path:
+    """Counts (C, C) as a heatmap with the numbers written in: row = true label, column = predicted."""
+    plt = _pyplot()
+    size = 1.2 + 0.8 * len(labels)
+    fig, ax = plt.subplots(figsize=(size + 1, size), dpi=100)
+    image = ax.imshow(counts.float().numpy(), cmap="Blues")
+    for (i, j), value in zip(((i, j) for i in range(len(labels)) for j in range(len(labels))),
+                             counts.flatten().tolist(), strict=True):
+        ax.text(j, i, f"{int(value)}", ha="center", va="center",
+                color="white" if value > counts.max().item() / 2 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 4 else 0)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax)
+    return _save(fig, path)
+
+
+def plot_epoch_curves(records: Sequence[dict[str, float]], path: str | os.PathLike) -> Path:
+    """Loss (left) and accuracy (right) per epoch, train and validation: records of
+    ``{"epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy"}``."""
+    plt = _pyplot()
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    epochs = [r["epoch"] for r in records]
+    for name in ("train", "val"):
+        label = "validation" if name == "val" else name
+        loss_ax.plot(epochs, [r[f"{name}_loss"] for r in records], "o-", label=label)
+        acc_ax.plot(epochs, [r[f"{name}_accuracy"] for r in records], "o-", label=label)
+    for ax, what in ((loss_ax, "cross-entropy per example"), (acc_ax, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+        ax.legend()
     return _save(fig, path)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
 from pathlib import Path
 
 import pytest
@@ -34,3 +37,38 @@ def works(request) -> list[Path]:
 def works_text(works) -> str:
     """All the works as one text (5 MB): long, real English for the parity tests."""
     return "".join(path.read_text(encoding="utf-8") for path in sorted(works))
+
+
+class LocalServer:
+    """A local HTTP server on 127.0.0.1 serving a folder, counting requests."""
+
+    def __init__(self, root: Path):
+        self.requests = 0
+        outer = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                outer.requests += 1
+                super().do_GET()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=root))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A loopback HTTP server serving ``server.root`` (tmp_path/www) at ``server.url``."""
+    root = tmp_path / "www"
+    root.mkdir()
+    s = LocalServer(root)
+    s.root = root
+    yield s
+    s.close()

@@ -171,6 +171,8 @@ class Trainer:
     - ``tokenizer`` is saved with each checkpoint; ``run_config``, with its precision resolved,
       as ``config.toml``; ``sample(model, step)`` returns text shown after each evaluation.
     - ``dist``: the process group of a torchrun launch (default: one process on the model's device).
+    - ``task``: saved in each checkpoint's config (``checkpoint.read_task``): what a replaced head
+      means, such as a classifier's label names.
 
     Precision is resolved once, before the first step (``auto`` times the model both ways).
     """
@@ -192,10 +194,12 @@ class Trainer:
         sample: Callable[[nn.Module, int], str] | None = None,
         progress: bool = True,
         dist: DistributedContext | None = None,
+        task: dict[str, Any] | None = None,
     ) -> None:
         self.model, self.batches, self.run_dir = model, train_batches, Path(run_dir)
         self.settings, self.loss, self.units = settings, loss, units
         self.tokenizer, self.run_config, self.sample, self.progress = tokenizer, run_config, sample, progress
+        self.task = task
         self.dist = dist or DistributedContext(device=next(model.parameters()).device)
         if evaluate is None and val_batches is not None:
             evaluate = mean_loss_evaluator(val_batches, loss, units, settings.eval_batches)
@@ -404,6 +408,6 @@ class Trainer:
             if self.scaler is not None:
                 state["grad_scaler"] = self.scaler.state_dict()
             ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir, self.step), self.model, self.tokenizer,
-                                 optimizer=self.optimizer, train_state=state)
+                                 optimizer=self.optimizer, train_state=state, task=self.task)
             ckpt.prune_checkpoints(self.run_dir, self.settings.keep_last)
         barrier(self.dist)

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
-import http.server
 import io
 import json
 import shutil
 import socket
 import sys
 import tarfile
-import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,40 +22,6 @@ from scratchllm.data import corpora
 from scratchllm.data.corpora import Source, corpus_files, iter_pieces, split_corpus
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizer import ENDOFTEXT
-
-
-class _Server:
-    """A local HTTP server on 127.0.0.1 serving a folder, counting requests."""
-
-    def __init__(self, root: Path):
-        self.requests = 0
-        outer = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                outer.requests += 1
-                super().do_GET()
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=root))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    s = _Server(root)
-    s.root = root
-    yield s
-    s.close()
 
 
 def _closed_port_url() -> str:

@@ -1,0 +1,57 @@
+"""`scratchllm finetune classify` and `scratchllm classify` end to end on a file the test writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_classify import _examples, _model
+
+from scratchllm.checkpoint import save_checkpoint
+from scratchllm.cli import main
+from scratchllm.tokenizer import BPETokenizer
+
+
+@pytest.fixture
+def pretrained(tmp_path):
+    text = " ".join(t for t, _ in _examples(200, seed=9))
+    tokenizer = BPETokenizer.train(text, vocab_size=300, progress=False)
+    return save_checkpoint(tmp_path / "lm", _model(tokenizer), tokenizer)
+
+
+def test_finetune_then_classify(pretrained, tmp_path, capsys):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see test_classify.one_thread
+    try:
+        data = tmp_path / "keywords.jsonl"
+        data.write_text("".join(json.dumps({"message": t, "topic": lab}) + "\n" for t, lab in _examples(60)),
+                        encoding="utf-8")
+        code = main(["finetune", "classify", "--checkpoint", str(pretrained), "--data", str(data), "--out",
+                     str(tmp_path / "run"), "--text-column", "message", "--label-column", "topic", "--epochs", "1",
+                     "--lr", "1e-3", "--quiet"])
+        out = capsys.readouterr().out
+        assert code == 0
+        assert "60 examples; train 42, validation 6, test 12" in out
+        assert "epoch 0: train accuracy" in out and "epoch 1: train accuracy" in out
+        results = json.loads((tmp_path / "run" / "results.json").read_text())
+        assert f"test accuracy {results['test_accuracy']:.2%}" in out
+        assert main(["classify", "--checkpoint", str(tmp_path / "run"), "--text", "the apple"]) == 0
+        label, prob = capsys.readouterr().out.split()
+        assert label in ("fruit", "space") and 0.5 <= float(prob) <= 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_one_class_is_an_error_before_any_training(pretrained, tmp_path, capsys):
+    data = tmp_path / "one.csv"
+    data.write_text("text,label\na,x\nb,x\n", encoding="utf-8")
+    assert main(["finetune", "classify", "--checkpoint", str(pretrained), "--data", str(data), "--out",
+                 str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == f"scratchllm: error: {data} has 1 class (x); a classifier needs at least two\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_classify_refuses_a_language_model(pretrained, capsys):
+    assert main(["classify", "--checkpoint", str(pretrained), "--text", "hi"]) == 2
+    assert "is not a classifier" in capsys.readouterr().err
