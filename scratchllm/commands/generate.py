@@ -39,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     prompt = user_text(args.prompt, "--prompt")
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)  # before any output
     model, tokenizer = load_checkpoint(args.checkpoint)
+    if model.config.head_size is not None:  # a replaced head scores classes, not next tokens
+        raise ScratchLLMError(f"{args.checkpoint} is a classifier ({model.config.head_size} outputs, not a "
+                              "vocabulary): label texts with `scratchllm classify --checkpoint ... --text ...`")
     if tokenizer is None:
         raise ScratchLLMError(f"{args.checkpoint} holds no tokenizer/ folder, so the prompt cannot be encoded")
     ids = tokenizer.encode_user_text(prompt, special_mode(args), "--prompt")

@@ -8,8 +8,9 @@ import pytest
 import torch
 from test_classify import _examples, _model
 
-from scratchllm.checkpoint import save_checkpoint
+from scratchllm.checkpoint import load_checkpoint, save_checkpoint
 from scratchllm.cli import main
+from scratchllm.finetune.classify import prepare_classifier
 from scratchllm.tokenizer import BPETokenizer
 
 
@@ -55,3 +56,12 @@ def test_one_class_is_an_error_before_any_training(pretrained, tmp_path, capsys)
 def test_classify_refuses_a_language_model(pretrained, capsys):
     assert main(["classify", "--checkpoint", str(pretrained), "--text", "hi"]) == 2
     assert "is not a classifier" in capsys.readouterr().err
+
+
+def test_generate_refuses_a_classifier(pretrained, tmp_path, capsys):
+    model, tokenizer = load_checkpoint(pretrained)
+    prepare_classifier(model, 2)
+    save_checkpoint(tmp_path / "clf", model, tokenizer, task={"kind": "classify", "labels": ["a", "b"]})
+    assert main(["generate", "--checkpoint", str(tmp_path / "clf"), "--prompt", "the"]) == 2
+    assert "is a classifier (2 outputs, not a vocabulary): label texts with `scratchllm classify" in \
+        capsys.readouterr().err
