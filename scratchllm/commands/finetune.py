@@ -46,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="last: the logits of the last real token (default); mean: their mean over the real tokens")
     c.add_argument("--padding", choices=("longest", "context"), default="longest",
                    help="pad each batch to its longest text (default) or to the model's whole context")
+    c.add_argument("--no-truncate", action="store_true", help="refuse a text longer than the model's context "
+                   "(default: read its first context_length tokens, and say how many texts were cut)")
     c.add_argument("--seed", type=int, default=123, help="the split, the balance, the order and the new head "
                    "(default 123, the book's)")
     c.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32", help="default fp32")
@@ -63,7 +65,8 @@ def run_classify(args: argparse.Namespace) -> int:
 
     settings = ClassifySettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                 weight_decay=args.weight_decay, train=args.train, pooling=args.pooling,
-                                padding=args.padding, seed=args.seed, precision=args.precision)
+                                padding=args.padding, seed=args.seed, precision=args.precision,
+                                truncate=not args.no_truncate)
     columns = [name.strip() for name in args.columns.split(",")] if args.columns else None
     examples = load_examples(args.data, text_column=args.text_column, label_column=args.label_column,
                              columns=columns, cache_dir=args.cache_dir)

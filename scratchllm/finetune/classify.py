@@ -124,13 +124,18 @@ def padding_id(tokenizer: Any) -> int:
     raise ScratchLLMError(f"the tokenizer has neither {PADDING} nor {ENDOFTEXT} to pad batches with")
 
 
-def encode_texts(texts: Sequence[str], tokenizer: Any, max_tokens: int) -> tuple[list[list[int]], int]:
-    """Token ids of each text, cut to its first ``max_tokens``; and how many were cut."""
+def encode_texts(texts: Sequence[str], tokenizer: Any, max_tokens: int,
+                 truncate: bool = True) -> tuple[list[list[int]], int]:
+    """Token ids of each text, cut to its first ``max_tokens`` (or, without ``truncate``, refused
+    when longer); and how many were cut."""
     ids, cut = [], 0
     for i, text in enumerate(texts):
         tokens = tokenizer.encode_ordinary(text)
         if not tokens:
             raise ScratchLLMError(f"text {i + 1} is empty: a classifier needs at least one token to read")
+        if len(tokens) > max_tokens and not truncate:
+            raise ScratchLLMError(f"text {i + 1} is {len(tokens)} tokens, longer than the context of {max_tokens} "
+                                  f"(it starts {text[:40]!r}); leave out --no-truncate to read its first {max_tokens}")
         cut += len(tokens) > max_tokens
         ids.append(tokens[:max_tokens])
     return ids, cut
@@ -260,6 +265,7 @@ class ClassifySettings:
     seed: int = 123
     precision: str = "fp32"
     grad_clip: float = 0.0  # the book does not clip
+    truncate: bool = True  # read the first context_length tokens of a longer text (False: refuse it)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -302,7 +308,7 @@ def fine_tune(model: nn.Module, tokenizer: Any, splits: tuple[Sequence[Example],
     pad_to = context if s.padding == "context" else None
     encoded, truncated = {}, 0
     for name, part in (("train", train), ("val", val), ("test", test)):
-        ids, cut = encode_texts([text for text, _ in part], tokenizer, context)
+        ids, cut = encode_texts([text for text, _ in part], tokenizer, context, s.truncate)
         encoded[name], truncated = (ids, [class_of[label] for _, label in part]), truncated + cut
     if truncated and progress:
         print(f"{truncated} texts are longer than the context of {context} tokens: their first {context} are read")

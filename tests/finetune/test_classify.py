@@ -15,6 +15,7 @@ from scratchllm.finetune.classify import (
     ClassifySettings,
     class_logits,
     collate,
+    encode_texts,
     fine_tune,
     load_classifier,
     predict,
@@ -127,6 +128,15 @@ def test_only_the_chosen_parameters_change(tokenizer, tmp_path, train, changed):
             assert moved == name.startswith(changed), name
     assert len(trainable_parameters(model, train)) == sum(1 for n, _ in model.named_parameters()
                                                           if n.startswith(changed))
+
+
+def test_a_text_longer_than_the_context_is_cut_and_counted_or_refused(tokenizer):
+    long_text = " ".join(FILLER * 3)  # over 32 tokens
+    ids, cut = encode_texts(["the apple", long_text], tokenizer, 32)
+    assert cut == 1 and ids[1] == tokenizer.encode_ordinary(long_text)[:32]
+    assert ids[0] == tokenizer.encode_ordinary("the apple") and len(ids[0]) < 32
+    with pytest.raises(ScratchLLMError, match=r"text 2 is \d+ tokens, longer than the context of 32"):
+        encode_texts(["the apple", long_text], tokenizer, 32, truncate=False)
 
 
 def test_bad_train_choice_is_one_line(tokenizer):
