@@ -52,7 +52,7 @@ _PATH_ERRORS = {
     errno.EDQUOT: "free some space, or write to a larger disk",
     errno.ENOTDIR: "a part of the path is a file, not a folder: fix the path",
     errno.EISDIR: "it is a folder: give a file's path",
-    errno.EEXIST: "a file of that name is in the way: give another path",
+    errno.EEXIST: "a file is there where a folder is expected: give another path",
     errno.ENOENT: "check the path",
     errno.ENAMETOOLONG: "give a shorter path",
 }

@@ -42,6 +42,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     done = False
     try:
         yield tmp
+        if not tmp.is_dir() and path.is_dir():
+            raise ScratchLLMError(f"{path} is a folder, not a file: give a file's path")
         if tmp.is_dir() and path.is_dir():
             # A directory cannot be renamed over a non-empty one: move the old one aside first,
             # so that at every instant one complete version exists under some name.
