@@ -194,3 +194,18 @@ def exclusive_lock(folder: str | os.PathLike, lock_file: str | os.PathLike | Non
         os.close(fd)
         remove_empty(created)  # folders made only to hold the lock
 
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """``(line number, record)`` for each non-blank line of a JSON-lines file; a line that is not
+    JSON is one ``ScratchLLMError`` naming the file and the line."""
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ScratchLLMError(f"{path}:{line_no}: not a JSON record ({err.msg}): fix or remove the line") \
+                    from None
+            yield line_no, record

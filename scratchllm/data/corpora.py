@@ -28,7 +28,6 @@ import contextlib
 import errno
 import glob
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -45,7 +44,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.fileio import atomic_path
+from scratchllm.fileio import atomic_path, iter_jsonl
 from scratchllm.tokenizer import ENDOFTEXT
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -404,19 +403,12 @@ def _txt_pieces(source: Source, chunk_chars: int) -> Iterator[tuple[str, bool]]:
 
 
 def _jsonl_records(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ScratchLLMError(f"{path} line {line_no} is not valid JSON ({err.msg}): fix or remove it") from err
-            text = record.get("text") if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                raise ScratchLLMError(f'{path} line {line_no} has no string "text" field: each line must be '
-                                      '{"text": "..."}')
-            yield text
+    for line_no, record in iter_jsonl(path):
+        text = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            raise ScratchLLMError(f'{path} line {line_no} has no string "text" field: each line must be '
+                                  '{"text": "..."}')
+        yield text
 
 
 def _parquet_records(path: Path) -> Iterator[str]:

@@ -16,7 +16,6 @@ header, ``label<TAB>text``). TSV is read without quote handling: SMS texts hold 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import random
 import zipfile
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from scratchllm.data.corpora import cache_root, download
 from scratchllm.errors import ScratchLLMError
-from scratchllm.fileio import atomic_path
+from scratchllm.fileio import atomic_path, iter_jsonl
 
 Example = tuple[str, str]  # (text, label)
 
@@ -73,18 +72,11 @@ def read_labelled(path: str | os.PathLike, *, text_column: str = "text", label_c
 
 def _jsonl_rows(path: Path) -> tuple[list[tuple[int, dict]], set[str]]:
     rows, names = [], set()
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ScratchLLMError(f"{path}:{line_no}: not a JSON record ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise ScratchLLMError(f"{path}:{line_no}: a JSON object was expected, got {type(record).__name__}")
-            rows.append((line_no, record))
-            names.update(record)
+    for line_no, record in iter_jsonl(path):
+        if not isinstance(record, dict):
+            raise ScratchLLMError(f"{path}:{line_no}: a JSON object was expected, got {type(record).__name__}")
+        rows.append((line_no, record))
+        names.update(record)
     return rows, names
 
 
