@@ -76,8 +76,9 @@ def save_checkpoint(
         config = {"format": FORMAT, "version": VERSION, "model": model.config.to_dict()}
         from scratchllm.finetune.lora import lora_spec  # adapters are layers too: record how to rebuild them
 
-        if lora_spec(model):
-            config["lora"] = lora_spec(model)
+        adapters = lora_spec(model)
+        if adapters:
+            config["lora"] = adapters
         if hasattr(tokenizer, "fingerprint"):  # checked on load: another tokenizer of the same size decodes garbage
             config["tokenizer_fingerprint"] = tokenizer.fingerprint()
         if task is not None:

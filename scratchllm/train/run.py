@@ -88,10 +88,7 @@ def _sampler(data: PreparedData, n_tokens: int) -> Callable[[nn.Module, int], st
 
     def sample(model: nn.Module, step: int) -> str:
         start = torch.tensor([data.val[:1].tolist()], device=next(model.parameters()).device)
-        was_training = model.training
-        model.eval()
-        out = generate(model, start, max_new_tokens=n_tokens, temperature=1.0, seed=step, crop=True)
-        model.train(was_training)
+        out = generate(model, start, max_new_tokens=n_tokens, temperature=1.0, seed=step, crop=True)  # eval mode inside
         return data.tokenizer.decode(out[0].tolist())
 
     return sample
