@@ -148,6 +148,7 @@ def check_replaceable(out: str | os.PathLike, marker: str, what: str, *, force: 
 
 
 LOCK_FILE = ".scratchllm.lock"
+_HELD_LOCKS: set[Path] = set()  # lock files this process holds (a nested lock of the same folder is a no-op)
 
 
 @contextlib.contextmanager
@@ -157,11 +158,17 @@ def exclusive_lock(folder: str | os.PathLike, lock_file: str | os.PathLike | Non
 
     ``fcntl.flock`` is released by the OS when the process ends, crash or SIGKILL included, so a
     stale lock file never blocks anyone. A folder this creates and leaves empty is removed again.
+    Within one process the lock nests: a command that writes into a run folder before the
+    trainer runs there (which locks it too) holds it across both.
     """
     folder = Path(folder)
     lock = Path(lock_file) if lock_file is not None else folder / LOCK_FILE
     if folder.exists() and not folder.is_dir():
         raise ScratchLLMError(f"{folder} is a file, not a folder: give a folder's path")
+    key = lock.absolute()
+    if key in _HELD_LOCKS:
+        yield
+        return
     try:
         created = make_parents(lock)
         while True:
@@ -184,16 +191,17 @@ def exclusive_lock(folder: str | os.PathLike, lock_file: str | os.PathLike | Non
     except OSError as err:
         raise ScratchLLMError(f"cannot lock {folder}: {os.strerror(err.errno or errno.EIO)} ({lock}): "
                               "give a folder you can write to") from None
+    _HELD_LOCKS.add(key)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         yield
     finally:
+        _HELD_LOCKS.discard(key)
         with contextlib.suppress(OSError):
             os.unlink(lock)  # before unlocking, so that whoever locks next locks a fresh file
         os.close(fd)
         remove_empty(created)  # folders made only to hold the lock
-
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:

@@ -215,6 +215,10 @@ SUBPROCESS = [
     # a second writer of the same run folder or data folder
     ("train-run-in-use", lambda w: _held(w / "run"), ["train", "--resume", "{w}/run", "--set", "train.max_steps=5"],
      None, "is in use by pid {pid}"),
+    # distill writes its settings into the run folder before training: under the same lock
+    ("distill-run-in-use", lambda w: _held(w / "student"),
+     ["distill", "--teacher", "{w}/run", "--data", "{w}/data", "--out", "{w}/student", "--quiet",
+      *tiny_set("train.max_steps=2")], None, "is in use by pid {pid}"),
     ("prepare-data-in-use", lambda w: _held(w / "data", w / ".data.lock"),
      ["prepare", "--corpus", "{w}/the-verdict.txt", "--out", "{w}/data", "--vocab-size", "257"], None,
      "is in use by pid {pid}"),

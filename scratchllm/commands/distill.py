@@ -30,11 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scratchllm.checkpoint import find_checkpoint, load_checkpoint
+    from scratchllm.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint
     from scratchllm.commands.train import report, resolve_run
     from scratchllm.compress.distill import DistillationLoss, check_pair
     from scratchllm.errors import ScratchLLMError
-    from scratchllm.fileio import atomic_write_json, read_json
+    from scratchllm.fileio import atomic_write_json, exclusive_lock, read_json
     from scratchllm.train import train
 
     config, run_dir = resolve_run(args)
@@ -48,9 +48,12 @@ def run(args: argparse.Namespace) -> int:
     teacher, _ = load_checkpoint(teacher_path)
     check_pair(teacher.config, config.model)
     loss = DistillationLoss(teacher, settings["temperature"], settings["alpha"], settings["teacher_precision"])
-    if not args.resume:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / DISTILL_FILE, {**settings, "teacher": str(Path(teacher_path).resolve())})
-    result = train(config, run_dir, resume=bool(args.resume), progress=not args.quiet, loss=loss)
+    with exclusive_lock(run_dir):  # distill.json and the run under one lock (the trainer's nests in it)
+        if not args.resume:
+            if list_checkpoints(run_dir):
+                raise ScratchLLMError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
+                                      "or choose another --out")
+            atomic_write_json(run_dir / DISTILL_FILE, {**settings, "teacher": str(Path(teacher_path).resolve())})
+        result = train(config, run_dir, resume=bool(args.resume), progress=not args.quiet, loss=loss)
     report(result, args.quiet)
     return 0

@@ -39,7 +39,7 @@ from torch import nn
 
 from scratchllm.checkpoint import load_checkpoint, read_task, unwrap_model
 from scratchllm.errors import ScratchLLMError
-from scratchllm.fileio import atomic_write_json
+from scratchllm.fileio import atomic_write_json, exclusive_lock
 from scratchllm.finetune.labelled import Example, label_names
 from scratchllm.model.surgery import replace_head
 from scratchllm.tokenizer import ENDOFTEXT, PADDING
@@ -324,19 +324,20 @@ def fine_tune(model: nn.Module, tokenizer: Any, splits: tuple[Sequence[Example],
                                                                       s.pooling),
                       tokenizer=tokenizer, progress=progress,
                       task={"kind": TASK, "labels": labels, "pooling": s.pooling})
-    done = trainer.fit(resume=resume)
-    run_dir = Path(run_dir)
-    epochs = [{"epoch": r["step"] / steps, **{k: r[k] for k in ("train_accuracy", "val_accuracy", "train_loss",
-                                                                 "val_loss")}}
-              for r in read_metrics(run_dir) if "val_accuracy" in r]
-    test_loss, confusion = score(model, fixed["test"], len(labels), s.pooling)
-    result = ClassifierResult(str(run_dir), labels, epochs, accuracy(confusion), test_loss,
-                              confusion.long().tolist(), truncated, sum(p.numel() for p in params), done.seconds,
-                              asdict(s))
-    atomic_write_json(run_dir / RESULTS_FILE, asdict(result))
-    viz.plot_confusion_matrix(confusion, labels, run_dir / CONFUSION_PLOT,
-                              title=f"test set: accuracy {result.test_accuracy:.2%}")
-    viz.plot_epoch_curves(epochs, run_dir / CURVES_PLOT)
+    with exclusive_lock(run_dir):  # the results written after training are the run's too (fit's lock nests)
+        done = trainer.fit(resume=resume)
+        run_dir = Path(run_dir)
+        epochs = [{"epoch": r["step"] / steps, **{k: r[k] for k in ("train_accuracy", "val_accuracy", "train_loss",
+                                                                     "val_loss")}}
+                  for r in read_metrics(run_dir) if "val_accuracy" in r]
+        test_loss, confusion = score(model, fixed["test"], len(labels), s.pooling)
+        result = ClassifierResult(str(run_dir), labels, epochs, accuracy(confusion), test_loss,
+                                  confusion.long().tolist(), truncated, sum(p.numel() for p in params), done.seconds,
+                                  asdict(s))
+        atomic_write_json(run_dir / RESULTS_FILE, asdict(result))
+        viz.plot_confusion_matrix(confusion, labels, run_dir / CONFUSION_PLOT,
+                                  title=f"test set: accuracy {result.test_accuracy:.2%}")
+        viz.plot_epoch_curves(epochs, run_dir / CURVES_PLOT)
     return result
 
 

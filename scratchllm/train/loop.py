@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from scratchllm import checkpoint as ckpt
 from scratchllm.errors import ScratchLLMError
+from scratchllm.fileio import exclusive_lock
 from scratchllm.train.config import RunConfig, TrainConfig
 from scratchllm.train.distributed import (
     DistributedContext,
@@ -232,7 +233,11 @@ class Trainer:
                                   "or choose another --out")
         else:
             shape = (tc.batch_size, self.model.config.context_length)
+            if tc.precision == "auto" and self.progress and self.dist.is_main:
+                tqdm.write("train.precision=auto: choosing between fp32 and bf16 (may time a training step in each)")
             self.precision = resolve_precision(tc.precision, self.model, shape, self.dist.device)
+            if tc.precision == "auto" and self.progress and self.dist.is_main:
+                tqdm.write(f"train.precision=auto: {self.precision}")
         if self.precision == "fp16":
             self.scaler = torch.amp.GradScaler("cuda")
             if resume_state.get("grad_scaler"):
@@ -271,7 +276,15 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
 
     def fit(self, resume: bool = False) -> TrainResult:
-        """Train to ``settings.max_steps`` (or ``max_seconds``); with ``resume``, from the newest checkpoint."""
+        """Train to ``settings.max_steps`` (or ``max_seconds``); with ``resume``, from the newest checkpoint.
+
+        The run folder is locked meanwhile (``fileio.exclusive_lock``): a second process training
+        into it fails at once. Under torchrun rank 0 writes the folder, so rank 0 holds the lock.
+        """
+        with exclusive_lock(self.run_dir) if self.dist.is_main else contextlib.nullcontext():
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> TrainResult:
         tc = self.settings
         self._start(resume)
         begin = time.perf_counter()

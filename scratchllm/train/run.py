@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from torch import nn
 from scratchllm.data.batches import RandomBatches, SlidingWindows
 from scratchllm.data.shards import PreparedData, open_prepared
 from scratchllm.errors import ScratchLLMError
-from scratchllm.fileio import exclusive_lock
 from scratchllm.generate import generate
 from scratchllm.model import GPT
 from scratchllm.train.allocator import keep_freed_cpu_memory
@@ -39,9 +37,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
     if dist.device.type == "cpu":
         keep_freed_cpu_memory()
     try:
-        # one writer per run folder; under torchrun rank 0 writes it, so rank 0 holds the lock
-        with exclusive_lock(run_dir) if dist.is_main else contextlib.nullcontext():
-            return build_trainer(config, run_dir, dist=dist, progress=progress, loss=loss).fit(resume)
+        return build_trainer(config, run_dir, dist=dist, progress=progress, loss=loss).fit(resume)  # locks run_dir
     finally:
         teardown_distributed(dist)
 

@@ -128,3 +128,30 @@ def test_a_default_evaluator_scores_the_custom_loss_on_validation_batches(tmp_pa
                     + L2 * model.out_head.weight.pow(2).sum()).item()
     assert record["val_loss"] == pytest.approx(expected, rel=1e-5)
     assert not torch.equal(before.out_head.weight, model.out_head.weight)
+
+
+def test_fit_locks_its_run_folder_against_another_process_and_nests_within_this_one(tmp_path):
+    import subprocess
+    import sys
+
+    from scratchllm.errors import ScratchLLMError
+    from scratchllm.fileio import exclusive_lock
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from scratchllm.fileio import exclusive_lock\n"
+         f"with exclusive_lock({str(run)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        trainer = Trainer(_model(), _batches(64), run, settings=TrainConfig(max_steps=1, **SETTINGS), progress=False)
+        with pytest.raises(ScratchLLMError, match=f"is in use by pid {holder.pid}"):
+            trainer.fit()
+        assert [p.name for p in run.iterdir()] == [".scratchllm.lock"]  # nothing of the run written
+    finally:
+        holder.communicate("")
+    # a caller that locked the folder itself (to write files of its own beside the run) can train in it
+    with exclusive_lock(run):
+        assert Trainer(_model(), _batches(64), run, settings=TrainConfig(max_steps=1, **SETTINGS),
+                       progress=False).fit().step == 1
+    assert not (run / ".scratchllm.lock").exists()
