@@ -57,12 +57,16 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     train_state: dict[str, Any] | None = None,
     task: dict[str, Any] | None = None,
+    model_state: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint directory at ``path`` atomically and return its path.
 
     ``model`` may be compiled or wrapped in DistributedDataParallel: the weights are saved
     under the plain model's names. ``train_state`` must be JSON-serialisable; so must ``task``,
     what a replaced head means (a classifier's label names), kept in ``config.json`` (``read_task``).
+    ``model_state`` and ``optimizer_state`` replace ``model.state_dict()`` and
+    ``optimizer.state_dict()`` (a sharded model's full states, gathered by ``train.sharding``).
 
     >>> save_checkpoint("ckpt", model, tokenizer)               # doctest: +SKIP
     >>> model, tokenizer = load_checkpoint("ckpt")              # doctest: +SKIP
@@ -71,7 +75,7 @@ def save_checkpoint(
     model = unwrap_model(model)
     with fileio.atomic_path(path) as tmp:
         tmp.mkdir()
-        tensors, tied = _dedupe_tied(model.state_dict())
+        tensors, tied = _dedupe_tied(model.state_dict() if model_state is None else model_state)
         save_file(tensors, tmp / MODEL_FILE, metadata={"format": FORMAT, "tied": json.dumps(tied)})
         config = {"format": FORMAT, "version": VERSION, "model": model.config.to_dict()}
         from scratchllm.finetune.lora import lora_spec  # adapters are layers too: record how to rebuild them
@@ -86,8 +90,8 @@ def save_checkpoint(
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         if tokenizer is not None:
             tokenizer.save(tmp / TOKENIZER_DIR)
-        if optimizer is not None:
-            tensors, groups = _flatten_optimizer(optimizer.state_dict())
+        if optimizer is not None or optimizer_state is not None:
+            tensors, groups = _flatten_optimizer(optimizer.state_dict() if optimizer_state is None else optimizer_state)
             save_file(tensors, tmp / OPTIMIZER_FILE, metadata={"param_groups": json.dumps(groups)})
         if train_state is not None:
             (tmp / STATE_FILE).write_text(json.dumps(train_state, indent=1) + "\n", encoding="utf-8")
@@ -132,18 +136,28 @@ def checkpoint_version(ckpt: Path) -> int:
 
 def load_model_weights(model: nn.Module, ckpt: Path) -> None:
     """Copy the weights in ``ckpt/model.safetensors`` into ``model`` (every name must match)."""
+    model = unwrap_model(model)
+    tensors = read_model_state(ckpt, model)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        raise ScratchLLMError(f"{ckpt / MODEL_FILE} does not match the model in {ckpt / CONFIG_FILE}: {err}") from None
+
+
+def read_model_state(ckpt: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict in ``ckpt/model.safetensors`` for ``model`` (tied names filled in, an old
+    format upgraded), on the CPU."""
     file = ckpt / MODEL_FILE
     tensors = _read_safetensors(file)
     try:
         tied = json.loads(_safetensors_metadata(file).get("tied", "{}"))
         for alias, name in tied.items():
             tensors[alias] = tensors[name]
-        model = unwrap_model(model)
         if checkpoint_version(ckpt) < 2:
             tensors = _upgrade_from_version_1(tensors, model)
-        model.load_state_dict(tensors, strict=True)
-    except (RuntimeError, KeyError, json.JSONDecodeError) as err:
+    except (KeyError, json.JSONDecodeError) as err:
         raise ScratchLLMError(f"{file} does not match the model in {ckpt / CONFIG_FILE}: {err}") from None
+    return tensors
 
 
 def load_tokenizer(ckpt: Path) -> Any:
@@ -180,6 +194,16 @@ def _upgrade_from_version_1(tensors: dict[str, torch.Tensor], model: nn.Module) 
 
 def load_training_state(ckpt: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore the optimizer from ``ckpt`` and return its ``train_state.json`` contents."""
+    state = read_optimizer_state(ckpt)
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError) as err:
+        raise ScratchLLMError(f"{ckpt / OPTIMIZER_FILE} does not match this model's optimizer: {err}") from None
+    return read_json(ckpt / STATE_FILE)
+
+
+def read_optimizer_state(ckpt: Path) -> dict[str, Any]:
+    """The optimizer state dict saved in ``ckpt`` (``optimizer.state_dict()``'s layout), on the CPU."""
     if checkpoint_version(ckpt) < 2:
         raise ScratchLLMError(
             f"{ckpt} was written in checkpoint format 1 (before scratchllm's move to nn.Linear): it loads for "
@@ -187,12 +211,10 @@ def load_training_state(ckpt: Path, optimizer: torch.optim.Optimizer) -> dict[st
         )
     file = ckpt / OPTIMIZER_FILE
     tensors = _read_safetensors(file)
-    groups = json.loads(_safetensors_metadata(file)["param_groups"])
     try:
-        optimizer.load_state_dict(_unflatten_optimizer(tensors, groups))
-    except (ValueError, KeyError) as err:
-        raise ScratchLLMError(f"{file} does not match this model's optimizer: {err}") from None
-    return read_json(ckpt / STATE_FILE)
+        return _unflatten_optimizer(tensors, json.loads(_safetensors_metadata(file)["param_groups"]))
+    except (KeyError, json.JSONDecodeError) as err:
+        raise ScratchLLMError(f"{file} is not an optimizer state scratchllm wrote: {err}") from None
 
 
 def find_checkpoint(path: str | os.PathLike, *, which: str = "newest") -> Path:

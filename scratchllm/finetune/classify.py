@@ -44,7 +44,7 @@ from scratchllm.finetune.labelled import Example, label_names
 from scratchllm.model.surgery import replace_head
 from scratchllm.tokenizer import ENDOFTEXT, PADDING
 from scratchllm.train import TrainConfig, Trainer
-from scratchllm.train.distributed import DistributedContext, all_reduce_sum
+from scratchllm.train.distributed import DistributedContext
 from scratchllm.train.losses import Loss
 from scratchllm.train.metrics import read_metrics
 
@@ -211,7 +211,7 @@ def score(model: nn.Module, batches: Sequence[Batch], num_classes: int, pooling:
     model.eval()
     total, confusion = 0.0, torch.zeros(num_classes, num_classes, dtype=torch.float64)
     for i, (inputs, lengths, labels) in enumerate(batches):
-        if i % dist.world_size != dist.rank:
+        if not dist.takes(i):
             continue
         inputs, lengths, labels = inputs.to(dist.device), lengths.to(dist.device), labels.to(dist.device)
         with (precision_ctx or contextlib.nullcontext)():
@@ -220,7 +220,7 @@ def score(model: nn.Module, batches: Sequence[Batch], num_classes: int, pooling:
         confusion.index_put_((labels.cpu(), logits.argmax(-1).cpu()), torch.ones(len(labels), dtype=torch.float64),
                              accumulate=True)
     model.train(was_training)
-    total, *cells = all_reduce_sum(dist, total, *confusion.flatten().tolist())
+    total, *cells = dist.eval_sum(total, *confusion.flatten().tolist())
     confusion = torch.tensor(cells, dtype=torch.float64).reshape(num_classes, num_classes)
     if not confusion.sum():
         raise ScratchLLMError("nothing to score: the evaluation split is empty")

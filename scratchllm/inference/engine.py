@@ -138,7 +138,8 @@ def _decode_head(model: nn.Module) -> _TransposedHead | None:
     """The faster head for decode steps on a CPU, where the model's head is a plain ``nn.Linear``
     (a LoRA, quantized or replaced head keeps its own forward)."""
     head = getattr(model, "out_head", None)
-    if type(head) is nn.Linear and head.weight.device.type == "cpu" and head.weight.dtype == torch.float32:
+    if type(head) is nn.Linear and type(head.weight.data) is torch.Tensor and head.weight.device.type == "cpu" \
+            and head.weight.dtype == torch.float32:  # (not a DTensor shard of a sharded model)
         return _TransposedHead(head)
     return None
 

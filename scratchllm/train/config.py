@@ -33,6 +33,7 @@ from scratchllm.model import GPTConfig
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PARALLEL = ("ddp", "fsdp")
 
 
 @dataclass
@@ -60,6 +61,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 only on CUDA)
     device: str = "auto"  # auto | cpu | cuda | mps
     compile: bool = False  # torch.compile the model
+    parallel: str = "ddp"  # under torchrun: ddp (every rank holds the whole model) | fsdp (sharded; train/sharding.py)
     seed: int = 1337
     peak_flops: float = 0.0  # matmul FLOP/s for MFU; 0 = measure at start
     plot: bool = True  # draw RUN_DIR/loss.png at the end
@@ -82,6 +84,8 @@ class TrainConfig:
             raise ScratchLLMError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.device not in DEVICES:
             raise ScratchLLMError(f"train.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.parallel not in PARALLEL:
+            raise ScratchLLMError(f"train.parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
 
     @property
     def save_every(self) -> int:

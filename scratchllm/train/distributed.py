@@ -29,6 +29,7 @@ class DistributedContext:
     local_rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    sharded: bool = False  # the model is sharded (FSDP): every rank must run every forward pass
 
     @property
     def is_main(self) -> bool:
@@ -37,6 +38,16 @@ class DistributedContext:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+    def takes(self, index: int) -> bool:
+        """Whether this rank evaluates item ``index`` of a shared list: ranks take turns, except
+        that sharded ranks run every forward pass together (each takes all, see ``eval_sum``)."""
+        return self.sharded or index % self.world_size == self.rank
+
+    def eval_sum(self, *values: float) -> list[float]:
+        """Sums over the items ``takes`` gave each rank: all-reduced, or as they are when every
+        rank took every item."""
+        return list(values) if self.sharded else all_reduce_sum(self, *values)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from scratchllm.data.batches import SlidingWindows
 from scratchllm.errors import ScratchLLMError
-from scratchllm.train.distributed import DistributedContext, all_reduce_sum
+from scratchllm.train.distributed import DistributedContext
 from scratchllm.train.losses import IGNORE_INDEX, loss_sum
 from scratchllm.train.precision import autocast as precision_autocast
 
@@ -104,7 +104,7 @@ def score_windows(
                                     dynamic_ncols=True)):
         if max_batches and i >= max_batches:
             break
-        if i % dist.world_size != dist.rank:
+        if not dist.takes(i):
             continue
         lengths = token_bytes[y.clamp(min=0)]  # (B, T)
         y = y.masked_fill(lengths == 0, IGNORE_INDEX)  # special tokens are not text
@@ -114,7 +114,7 @@ def score_windows(
         tokens += int(scored.sum())
         n_bytes += int(lengths[scored].sum())
     model.train(was_training)
-    nats, tokens, n_bytes = all_reduce_sum(dist, nats, tokens, n_bytes)
+    nats, tokens, n_bytes = dist.eval_sum(nats, tokens, n_bytes)
     return Score.from_sums(nats, int(tokens), int(n_bytes))
 
 

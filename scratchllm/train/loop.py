@@ -93,7 +93,7 @@ def accumulate_gradients(
     terms: dict[str, torch.Tensor] = {}
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
-        sync = model.no_sync() if world_size > 1 and not last else contextlib.nullcontext()
+        sync = _without_gradient_sync(model) if world_size > 1 and not last else contextlib.nullcontext()
         with sync:
             with precision_ctx():
                 micro = as_loss(loss(model, batch))
@@ -103,6 +103,20 @@ def accumulate_gradients(
         for name, value in micro.terms.items():
             terms[name] = terms.get(name, 0.0) + value.detach().float().cpu()
     return Loss(total, terms)
+
+
+def _without_gradient_sync(model: nn.Module) -> contextlib.AbstractContextManager:
+    """Hold back the gradient reduction of a micro-batch that is not the step's last."""
+    if hasattr(model, "no_sync"):  # DistributedDataParallel
+        return model.no_sync()
+    return _sharding().gradient_sync_off(model)
+
+
+def _sharding():
+    """``scratchllm.train.sharding``, imported when a run shards: torch's FSDP takes seconds to import."""
+    from scratchllm.train import sharding
+
+    return sharding
 
 
 def mean_loss_evaluator(val_batches: Iterable[Any], loss: LossFunction = next_token_loss,
@@ -118,13 +132,13 @@ def mean_loss_evaluator(val_batches: Iterable[Any], loss: LossFunction = next_to
         for i, batch in enumerate(val_batches):
             if max_batches and i >= max_batches:
                 break
-            if i % dist.world_size != dist.rank:
+            if not dist.takes(i):
                 continue
             with precision_ctx():
                 total += float(as_loss(loss(model, _to(batch, dist.device))).total)
             count += units(batch)
         model.train(was_training)
-        total, count = all_reduce_sum(dist, total, count)
+        total, count = dist.eval_sum(total, count)
         if not count:
             raise ScratchLLMError("the validation batches hold nothing to score")
         return {"val_loss": total / count, "val_ppl": math.exp(min(total / count, 700.0))}
@@ -209,6 +223,9 @@ class Trainer:
             chosen = {id(p) for p in trainable}
             for p in model.parameters():
                 p.requires_grad_(id(p) in chosen)
+        if settings.parallel == "fsdp" and self.dist.enabled:  # before the optimizer: it updates the shards
+            _sharding().shard_model(model)
+            self.dist = dataclasses.replace(self.dist, sharded=True)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         if not self.parameters:
             raise ScratchLLMError("no parameter is trainable: pass trainable= or leave some requires_grad=True")
@@ -245,7 +262,7 @@ class Trainer:
         self.forward_model: nn.Module = self.model
         if tc.compile:
             self.forward_model = torch.compile(self.model)
-        if self.dist.enabled:
+        if self.dist.enabled and not self.dist.sharded:
             device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             self.forward_model = nn.parallel.DistributedDataParallel(self.forward_model, device_ids=device_ids)
         if self.dist.is_main:
@@ -260,8 +277,13 @@ class Trainer:
 
     def _load_newest_checkpoint(self) -> dict[str, Any]:
         path = ckpt.newest_intact_checkpoint(self.run_dir)
-        ckpt.load_model_weights(self.model, path)
-        state = ckpt.load_training_state(path, self.optimizer)
+        if self.dist.sharded:  # every rank reads the full states and keeps its shards
+            _sharding().load_full_state(self.model, self.optimizer, ckpt.read_model_state(path, self.model),
+                                        ckpt.read_optimizer_state(path))
+            state = ckpt.read_json(path / ckpt.STATE_FILE)
+        else:
+            ckpt.load_model_weights(self.model, path)
+            state = ckpt.load_training_state(path, self.optimizer)
         self.step, self.tokens = state["step"], state["tokens"]
         if self.step > self.settings.max_steps:
             raise ScratchLLMError(f"{self.run_dir} has reached step {self.step}, beyond train.max_steps="
@@ -396,9 +418,12 @@ class Trainer:
         self._log(step=self.step, **record, tokens=self.tokens)
         if self.dist.is_main and self.progress:
             tqdm.write(f"step {self.step}: {describe_evaluation(record)}")
-            if self.settings.sample_tokens and self.sample is not None:  # the model's words, under the figures
-                text = self.sample(self.model, self.step)
-                text = "".join(c if c.isprintable() or c == "\n" else "\ufffd" for c in text)  # no control codes
+        # the model's words, under the figures; a sharded model's forward needs every rank
+        if self.progress and self.settings.sample_tokens and self.sample is not None and \
+                (self.dist.is_main or self.dist.sharded):
+            text = self.sample(self.model, self.step)
+            text = "".join(c if c.isprintable() or c == "\n" else "\ufffd" for c in text)  # no control codes
+            if self.dist.is_main:
                 tqdm.write(textwrap.indent(text, "    | ", lambda line: True))
 
     def _log(self, **record: Any) -> None:
@@ -406,6 +431,10 @@ class Trainer:
             self.metrics.log(**record)
 
     def _save(self, with_val: bool) -> None:
+        full = {}
+        if self.dist.sharded:  # gathering the shards is collective: every rank takes part
+            full = {"model_state": _sharding().full_model_state(self.model),
+                    "optimizer_state": _sharding().full_optimizer_state(self.model, self.optimizer)}
         if self.dist.is_main:
             state = {
                 "step": self.step,
@@ -421,6 +450,6 @@ class Trainer:
             if self.scaler is not None:
                 state["grad_scaler"] = self.scaler.state_dict()
             ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir, self.step), self.model, self.tokenizer,
-                                 optimizer=self.optimizer, train_state=state, task=self.task)
+                                 optimizer=self.optimizer, train_state=state, task=self.task, **full)
             ckpt.prune_checkpoints(self.run_dir, self.settings.keep_last)
         barrier(self.dist)
