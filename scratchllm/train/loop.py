@@ -303,7 +303,16 @@ class Trainer:
         The run folder is locked meanwhile (``fileio.exclusive_lock``): a second process training
         into it fails at once. Under torchrun rank 0 writes the folder, so rank 0 holds the lock.
         """
-        with exclusive_lock(self.run_dir) if self.dist.is_main else contextlib.nullcontext():
+        with contextlib.ExitStack() as held:
+            refused: ScratchLLMError | None = None
+            if self.dist.is_main:
+                try:
+                    held.enter_context(exclusive_lock(self.run_dir))
+                except ScratchLLMError as err:
+                    refused = err
+            if broadcast_flag(self.dist, refused is not None):  # every rank stops, with one line each
+                raise refused or ScratchLLMError(f"{self.run_dir} is in use by another process (rank 0 could not "
+                                                 "lock it): wait for it to finish, or stop it")
             return self._fit(resume)
 
     def _fit(self, resume: bool) -> TrainResult:

@@ -109,3 +109,18 @@ def test_two_ranks_with_dropout_resume_exactly(tiny_data, tmp_path):
     rest = _torchrun("--resume", str(tmp_path / "split"), "--quiet", "--set", "train.max_steps=20")
     assert rest.returncode == 0, rest.stderr[-3000:]
     assert _curves(tmp_path / "split") == _curves(tmp_path / "whole")  # exact float equality
+
+
+def test_a_torchrun_launch_into_a_run_folder_in_use_stops_on_every_rank(tiny_data, tmp_path):
+    import os
+
+    from scratchllm.fileio import exclusive_lock
+
+    run = tmp_path / "run"
+    with exclusive_lock(run):  # another scratchllm process (this one) writes there
+        result = _torchrun("--data", str(tiny_data), "--out", str(run), "--quiet", *set_args("train.max_steps=3"))
+        assert sorted(p.name for p in run.iterdir()) == [".scratchllm.lock"]  # nothing written beside the lock
+    assert result.returncode != 0
+    assert f"is in use by pid {os.getpid()}" in result.stderr
+    assert "is in use by another process (rank 0 could not lock it)" in result.stderr  # rank 1's line
+    assert "]: Traceback" not in result.stderr  # no rank shows one (torchrun's own summary follows)
