@@ -1,6 +1,6 @@
 """Pictures of what happens inside a GPT: attention heatmaps, the sinusoidal position encoding,
-the residual stream and the next-token distribution; and of a classifier: its confusion matrix
-and its loss and accuracy per epoch.
+the residual stream and the next-token distribution; of a classifier: its confusion matrix
+and its loss and accuracy per epoch; and lines to compare (``plot_curves``, the benchmarks').
 
 Each function draws one figure with matplotlib's file-only backend (Agg) and writes it as PNG
 atomically; each returns the path it wrote. The training loss curve lives with the training code
@@ -240,6 +240,28 @@ def plot_epoch_curves(records: Sequence[dict[str, float]], path: str | os.PathLi
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
         ax.legend()
+    return _save(fig, path)
+
+
+def plot_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike, *,
+                xlabel: str, ylabel: str, title: str = "", log_x: bool = False, log_y: bool = False,
+                vline: float | None = None, vline_label: str = "") -> Path:
+    """One line per ``label: (xs, ys)`` on shared axes (benchmarks' comparisons); ``vline`` marks
+    an x such as the training context."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for label, (xs, ys) in curves.items():
+        ax.plot(xs, ys, "o-" if len(xs) <= 12 else "-", label=label, markersize=4)
+    if vline is not None:
+        ax.axvline(vline, color="grey", linestyle="--", linewidth=1, label=vline_label or None)
+    ax.set_xscale("log" if log_x else "linear")
+    ax.set_yscale("log" if log_y else "linear")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 

@@ -103,11 +103,14 @@ def config_to_hf(config: GPTConfig) -> dict:
     unsupported = {"pos_encoding": "learned", "norm": "layernorm", "ffn": "gelu", "attention": "multihead",
                    "block": "pre_norm", "head_size": None}
     for field, needed in unsupported.items():
-        if getattr(config, field) != needed:
-            raise ScratchLLMError(
-                f"GPT-2 format needs {field}={needed!r}, this model has {getattr(config, field)!r}; "
-                "save it as a scratchllm checkpoint instead"
-            )
+        value = getattr(config, field)
+        for layer, part in enumerate(value if isinstance(value, list) else [value]):  # a per-layer pattern
+            if part != needed:
+                where = f" (layer {layer} of its pattern)" if isinstance(value, list) else ""
+                raise ScratchLLMError(
+                    f"GPT-2 has no {field}={part!r}{where}: its format needs {field}={needed!r}; "
+                    "save it as a scratchllm checkpoint instead"
+                )
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchllm.model.alibi import alibi_bias, alibi_slopes, uses_alibi
 from scratchllm.model.config import GPTConfig
 from scratchllm.model.positions import apply_rope
 from scratchllm.model.registry import register
@@ -47,13 +48,14 @@ def masked_softmax_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The attention formula written out; q (..., T, d_k), k and v (..., L, d_k).
 
-    ``mask`` is boolean, broadcastable to (..., T, L), True = may attend; None = causal.
+    ``mask`` is boolean, broadcastable to (..., T, L), True = may attend; None = causal; or a
+    float mask added to the scores (-inf where a query may not attend; ALiBi's bias elsewhere).
     Returns the output (..., T, d_k) and the attention weights (..., T, L).
     """
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., T, L)
     if mask is None:
         mask = causal_mask(q.shape[-2], k.shape[-2], q.device)
-    scores = scores.masked_fill(~mask, float("-inf"))
+    scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     weights = torch.softmax(scores, dim=-1)
     if dropout is not None:
         weights = dropout(weights)
@@ -70,6 +72,7 @@ class LayerKV:
     def __init__(self, batch_size: int, n_heads: int, max_len: int, head_dim: int, device=None, dtype=None) -> None:
         self.k = torch.zeros(batch_size, n_heads, max_len, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
+        self.max_len = max_len  # positions it accepts (a rolling cache stores fewer: sliding.py)
 
     def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, heads, T, hd) at [start, start + T); return all keys and values so far."""
@@ -108,7 +111,7 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.layers[0].k.shape[2]
+        return min(layer.max_len for layer in self.layers)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, heads, T, hd) after the filled positions; return all keys and values so far."""
@@ -139,6 +142,7 @@ class MultiHeadAttention(nn.Module):
         self.explicit = False
         self.store_attention = False
         self.last_attention: torch.Tensor | None = None
+        self.alibi = uses_alibi(config)  # add ALiBi's distance bias to the scores (alibi.py)
 
     def kv_heads(self, config: GPTConfig) -> int:
         """How many key/value heads this layer keeps (``gqa.py`` keeps fewer)."""
@@ -209,8 +213,21 @@ class MultiHeadAttention(nn.Module):
         return q, k, v
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """The attention core on (B, H, T, hd) queries and (B, H_kv, L, hd) keys and values; with
-        fewer KV heads, each group of H / H_kv query heads reads one of them."""
+        """The attention core on (B, H, T, hd) queries and (B, H_kv, L, hd) keys and values (the
+        last T of the L keys are the queries' own), with ALiBi's bias when the config asks for it."""
+        T, L = q.shape[2], k.shape[2]
+        if self.alibi:  # a per-row offset (the engine's shorter rows read columns [0, c] of L) shifts
+            # a row's biases by one constant, which softmax ignores: columns serve as positions
+            if mask is None:
+                mask = causal_mask(T, L, q.device)
+            cols = torch.arange(L, device=q.device)
+            bias = alibi_bias(alibi_slopes(self.n_heads, q.device), cols[L - T :], cols).to(q.dtype)  # (H, T, L)
+            mask = torch.where(mask, bias, float("-inf"))  # (B or 1, H, T, L)
+        return self.core(q, k, v, mask)
+
+    def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """softmax(q k^T / sqrt(hd) + mask) v, by SDPA or written out; with fewer KV heads, each
+        group of H / H_kv query heads reads one of them. ``mask``: boolean, float (added), or None (causal)."""
         enable_gqa = k.shape[1] != q.shape[1]
         # For bf16 on a CPU the formula written out is the fastest way: torch's flash kernel has a
         # slow bf16 backward there and its math fallback adds NaN guards (benchmarks/train.py).

@@ -67,6 +67,12 @@ class GPTConfig:
     rope_base: float = 10000.0
     n_kv_heads: int | None = None  # grouped-query attention: heads of keys and values (None: n_heads)
     head_size: int | None = None  # outputs of a replaced head, with a bias (surgery.replace_head); None: vocab_size
+    # sliding_window attention (sliding.py): tokens each query reads, itself included, one or one per
+    # layer (0: that layer full); and the first tokens every query reads too (attention sinks)
+    window: int | list[int] | None = None
+    sinks: int = 0
+    sparse_stride: int = 16  # sparse_strided / sparse_fixed attention (sparse.py): stride, block length
+    sparse_summary: int = 1  # sparse_fixed: summary tokens at the end of each block
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
@@ -91,6 +97,10 @@ class GPTConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ScratchLLMError(f"{name} must be a positive integer, got {value!r}")
+        for name in PER_LAYER:
+            if len(self.part_names(name)) > self.n_layers:
+                raise ScratchLLMError(f"{name} lists {len(self.part_names(name))} names for {self.n_layers} layers; "
+                                      "give at most one per layer (a shorter list repeats over the stack)")
         if self.d_model % self.n_heads:
             raise ScratchLLMError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "

@@ -78,8 +78,11 @@ def check(kind: str, name: str, config: Any) -> None:
 
 def _load_builtin_parts() -> None:
     # The modules that register the built-in parts; imported on first use, since they import the config.
+    import scratchllm.model.alibi
     import scratchllm.model.attention
     import scratchllm.model.gpt
     import scratchllm.model.gqa
     import scratchllm.model.layers
-    import scratchllm.model.positions  # noqa: F401
+    import scratchllm.model.positions
+    import scratchllm.model.sliding
+    import scratchllm.model.sparse  # noqa: F401
