@@ -71,6 +71,10 @@ class LayerKV:
         self.k = torch.zeros(batch_size, n_heads, max_len, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
 
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
     def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, heads, T, hd) at [start, start + T); return all keys and values so far."""
         end = start + k.shape[2]
@@ -94,13 +98,20 @@ class LayerKV:
         self.k[dst, :, :length] = self.k[src, :, :length]
         self.v[dst, :, :length] = self.v[src, :, :length]
 
+    def clear_row(self, row: int) -> None:
+        """A new sequence takes row ``row``: nothing to clear, as a row reads only the columns it wrote."""
+
 
 class KVCache:
-    """Keys and values of every layer (one ``LayerKV`` each, made by that layer's attention).
+    """Keys and values of every layer (one ``LayerKV`` each, made by that layer's attention; a
+    state-space layer keeps its state instead, ``mamba.MambaState``).
 
     ``length`` positions are filled; the model writes the new tokens' keys and values at
-    [length, length + T) in each layer and then advances ``length`` once.
+    [length, length + T) in each layer and then advances ``length`` once. ``rows``: the rows of
+    the cache a forward pass reads and writes (all; the inference engine's view picks some).
     """
+
+    rows = slice(None)
 
     def __init__(self, layers: list[LayerKV]) -> None:
         self.layers = layers
@@ -108,7 +119,7 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.layers[0].k.shape[2]
+        return min(layer.max_len for layer in self.layers)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, heads, T, hd) after the filled positions; return all keys and values so far."""
