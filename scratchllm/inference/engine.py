@@ -18,7 +18,9 @@ batching. Each ``step()``:
    ``max_new_tokens``-th token finishes, and its slot is free for the next one.
 
 Running sequences are rows 0..n-1 of the cache (the last row moves into a freed one), so a
-decode step reads views of the cache, never a copy.
+decode step reads views of the cache, never a copy. A state-space layer (``model/mamba.py``)
+keeps a fixed-size state in its slot instead of keys and values; it is cleared when a sequence
+starts filling the slot and advanced by every token the slot takes in.
 
 A sequence longer than a slot (``crop``, a learned-position model past its context) slides: the
 model reads the last ``max_len`` tokens at positions 0..max_len-1, as the book's
@@ -258,6 +260,9 @@ class Engine:
         n = len(seq.tokens)
         if n - seq.start > self.max_len:  # the last token would fall outside the slot: slide
             seq.start, seq.cached = n - self.max_len, 0
+        if seq.cached == 0:  # the slot starts over: a state-space layer's state back to zeros
+            for layer in self.cache.layers:
+                layer.clear_row(row)
         todo = seq.tokens[seq.start + seq.cached : n - 1]
         chunk = self.prefill_chunk or max(len(todo), 1)
         for i in range(0, len(todo), chunk):

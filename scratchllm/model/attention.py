@@ -74,6 +74,10 @@ class LayerKV:
         self.v = torch.zeros_like(self.k)
         self.max_len = max_len  # positions it accepts (a rolling cache stores fewer: sliding.py)
 
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
     def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, heads, T, hd) at [start, start + T); return all keys and values so far."""
         end = start + k.shape[2]
@@ -97,13 +101,20 @@ class LayerKV:
         self.k[dst, :, :length] = self.k[src, :, :length]
         self.v[dst, :, :length] = self.v[src, :, :length]
 
+    def clear_row(self, row: int) -> None:
+        """A new sequence takes row ``row``: nothing to clear, as a row reads only the columns it wrote."""
+
 
 class KVCache:
-    """Keys and values of every layer (one ``LayerKV`` each, made by that layer's attention).
+    """Keys and values of every layer (one ``LayerKV`` each, made by that layer's attention; a
+    state-space layer keeps its state instead, ``mamba.MambaState``).
 
     ``length`` positions are filled; the model writes the new tokens' keys and values at
-    [length, length + T) in each layer and then advances ``length`` once.
+    [length, length + T) in each layer and then advances ``length`` once. ``rows``: the rows of
+    the cache a forward pass reads and writes (all; the inference engine's view picks some).
     """
+
+    rows = slice(None)
 
     def __init__(self, layers: list[LayerKV]) -> None:
         self.layers = layers

@@ -73,6 +73,18 @@ class GPTConfig:
     sinks: int = 0
     sparse_stride: int = 16  # sparse_strided / sparse_fixed attention (sparse.py): stride, block length
     sparse_summary: int = 1  # sparse_fixed: summary tokens at the end of each block
+    # the state-space layer (mamba.py): state per channel, channels = ssm_expand * d_model, conv kernel
+    ssm_state: int = 16
+    ssm_expand: int = 2
+    ssm_conv: int = 4
+    # the mixture-of-experts feed-forward (moe.py): experts of kind moe_expert, each token's top k of them;
+    # moe_capacity: None = dropless, else a capacity factor (assignments past it are dropped in training)
+    n_experts: int = 8
+    moe_top_k: int = 2
+    moe_expert: str = "gelu"
+    moe_capacity: float | None = None
+    moe_balance_weight: float = 0.01  # Switch Transformer's load-balancing loss, alpha
+    moe_z_weight: float = 0.001  # ST-MoE's router z-loss
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():

@@ -83,6 +83,8 @@ def _load_builtin_parts() -> None:
     import scratchllm.model.gpt
     import scratchllm.model.gqa
     import scratchllm.model.layers
+    import scratchllm.model.mamba
+    import scratchllm.model.moe
     import scratchllm.model.positions
     import scratchllm.model.sliding
     import scratchllm.model.sparse  # noqa: F401

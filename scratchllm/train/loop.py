@@ -91,6 +91,7 @@ def accumulate_gradients(
     """
     total = torch.zeros((), dtype=torch.float32)
     terms: dict[str, torch.Tensor] = {}
+    metrics: dict[str, torch.Tensor] = {}
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         sync = _without_gradient_sync(model) if world_size > 1 and not last else contextlib.nullcontext()
@@ -102,7 +103,9 @@ def accumulate_gradients(
         total += micro.total.detach().float().cpu()
         for name, value in micro.terms.items():
             terms[name] = terms.get(name, 0.0) + value.detach().float().cpu()
-    return Loss(total, terms)
+        for name, value in micro.metrics.items():
+            metrics[name] = metrics.get(name, 0.0) + value.detach().float().cpu()
+    return Loss(total, terms, metrics)
 
 
 def _without_gradient_sync(model: nn.Module) -> contextlib.AbstractContextManager:
@@ -329,7 +332,7 @@ class Trainer:
             lr = lr_at(self.step, max_lr=tc.lr, min_lr=tc.min_lr, warmup_steps=tc.warmup_steps,
                        max_steps=tc.max_steps)
             step_start = time.perf_counter()
-            loss, terms, step_tokens = self._train_step(lr)
+            loss, logged, step_tokens = self._train_step(lr)
             training_seconds += time.perf_counter() - step_start
             self.step += 1
             self.tokens += step_tokens
@@ -346,7 +349,7 @@ class Trainer:
                 # per device: each process's share of the throughput against one device's peak
                 mfu = tok_s / self.dist.world_size * self.flops_per_token / self.peak_flops
                 self._log(step=self.step, loss=loss, lr=lr, tokens=self.tokens, tokens_per_s=round(tok_s, 1),
-                          mfu=round(mfu, 4), **{f"loss_{name}": value for name, value in terms.items()})
+                          mfu=round(mfu, 4), **logged)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}",
                                 refresh=False)
                 window_start, window_tokens = time.perf_counter(), 0
@@ -369,7 +372,8 @@ class Trainer:
         return TrainResult(self.run_dir, self.step, self.tokens, self.val_loss, self.best_val_loss, seconds)
 
     def _train_step(self, lr: float) -> tuple[float, dict[str, float], int]:
-        """One optimizer update; returns the step's mean loss and terms over all ranks, and its units."""
+        """One optimizer update; returns the step's mean loss, its terms (named ``loss_<term>``) and
+        metrics per unit over all ranks, and its units."""
         tc, device = self.settings, self.dist.device
         set_lr(self.optimizer, lr)
         if self.dist.enabled and getattr(getattr(self.model, "config", None), "dropout", 0) > 0:
@@ -388,8 +392,9 @@ class Trainer:
                 f"a micro-batch of {tc.batch_size} sequences does not fit in {device.type} memory: lower "
                 "train.batch_size and raise train.grad_accum_steps by the same factor (same effective batch)"
             ) from None
-        names = sorted(local.terms)
-        sums = all_reduce_sum(self.dist, float(local.total), *(float(local.terms[n]) for n in names))
+        logged = {**{f"loss_{name}": value for name, value in local.terms.items()}, **local.metrics}
+        names = sorted(logged)
+        sums = all_reduce_sum(self.dist, float(local.total), *(float(logged[n]) for n in names))
         loss = sums[0] / n_units
         if not math.isfinite(loss):
             self._stop_on_bad_loss(loss)

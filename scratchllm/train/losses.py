@@ -6,7 +6,12 @@ that the trainer can divide by the units of the whole step, across micro-batches
 and get the exact mean (see ``Trainer``). ``units(batch)`` counts them before the forward pass.
 
 Auxiliary terms (a router's balance loss, a distillation term) are named parts of the total,
-summed the same way; the trainer logs each as ``loss_<name>``, per unit.
+summed the same way; the trainer logs each as ``loss_<name>``, per unit. ``metrics`` are figures
+that are not minimised (an expert's share of the tokens), summed the same way and logged by name.
+
+Layers may leave auxiliary losses of their own in a training forward pass (the mixture of
+experts' router, ``model/moe.py``): a layer with ``pop_auxiliary()`` hands over (losses, figures),
+each a mean over the batch's tokens, a loss with its weight; ``next_token_loss`` adds them.
 
 >>> import torch
 >>> from torch import nn
@@ -37,6 +42,7 @@ class Loss:
 
     total: torch.Tensor
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 LossFunction = Callable[[nn.Module, Batch], "Loss | torch.Tensor"]
@@ -49,9 +55,37 @@ def loss_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
 
 
 def next_token_loss(model: nn.Module, batch: Batch) -> Loss:
-    """The language-modelling loss: cross-entropy of every scored next token, summed."""
+    """The language-modelling loss: cross-entropy of every scored next token, summed; plus the
+    weighted auxiliary losses the model's layers left (``auxiliary_loss``), then with ``ce`` a term."""
     x, y = batch
-    return Loss(loss_sum(model, x, y))
+    ce = loss_sum(model, x, y)
+    extra = auxiliary_loss(model)
+    if not extra.terms and not extra.metrics:
+        return Loss(ce)
+    units = scored_tokens(batch)  # the layers' means, summed over the units like the cross-entropy
+    return Loss(ce + extra.total * units, {"ce": ce, **{name: value * units for name, value in extra.terms.items()}},
+                {name: value * units for name, value in extra.metrics.items()})
+
+
+def auxiliary_loss(model: nn.Module) -> Loss:
+    """What the model's layers left in their last training forward pass (``pop_auxiliary``), as
+    means per token: total = sum of weight * loss, a term per loss name (added over layers,
+    unweighted) and the figures. Empty for a model that has none.
+
+    >>> auxiliary_loss(nn.Linear(2, 2))
+    Loss(total=tensor(0.), terms={}, metrics={})
+    """
+    total, terms, metrics = torch.zeros(()), {}, {}
+    for module in model.modules():
+        pop = getattr(module, "pop_auxiliary", None)
+        if pop is None:
+            continue
+        losses, figures = pop()
+        for name, (value, weight) in losses.items():
+            total = total + weight * value
+            terms[name] = terms.get(name, 0) + value
+        metrics.update(figures)
+    return Loss(total, terms, metrics)
 
 
 def scored_tokens(batch: Batch) -> int:
