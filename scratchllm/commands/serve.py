@@ -39,20 +39,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from scratchllm.checkpoint import load_checkpoint
     from scratchllm.errors import check_range
+    from scratchllm.finetune.templates import checkpoint_template
     from scratchllm.serve import ServeConfig, create_app, serve
 
     for name in ("port", "max_batch", "max_queue", "max_n", "max_body_bytes"):
         check_range(f"--{name.replace('_', '-')}", getattr(args, name), 0 if name in ("port", "max_queue") else 1)
     check_range("--request-timeout", args.request_timeout, 0, low_open=True)
+    template = checkpoint_template(args.checkpoint)  # None: a base model (its chat endpoint answers 400)
     model, tokenizer = load_checkpoint(args.checkpoint)
     name = args.name or Path(args.checkpoint).resolve().name
     config = ServeConfig(model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,
                          max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens, max_n=args.max_n,
                          max_body_bytes=args.max_body_bytes, request_timeout=args.request_timeout,
                          api_key=args.api_key or None)
-    app = create_app(model, tokenizer, config)
+    app = create_app(model, tokenizer, config, chat_template=template)
     where = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"serving {name!r} at http://{where}:{args.port} (chat page at /, API at /v1)", file=sys.stderr)
+    chat = f"chat template {template.name!r}" if template else "no chat template: /v1/completions only"
+    print(f"serving {name!r} at http://{where}:{args.port} (chat page at /, API at /v1; {chat})", file=sys.stderr)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
         print("warning: listening beyond this machine without --api-key: anyone who reaches it can use it",
               file=sys.stderr)

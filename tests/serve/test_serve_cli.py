@@ -13,6 +13,7 @@ from serve_helpers import alone, text_of
 
 from scratchllm.checkpoint import save_checkpoint
 from scratchllm.cli import main
+from scratchllm.finetune.templates import get_template, instruct_task
 
 
 def free_port():
@@ -21,8 +22,8 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_the_command_serves_a_checkpoint_under_its_folder_name(tmp_path, model, tokenizer):
-    ckpt = save_checkpoint(tmp_path / "verdict-lm", model, tokenizer)
+def test_the_command_serves_a_checkpoint_under_its_folder_name_with_its_chat_template(tmp_path, model, tokenizer):
+    ckpt = save_checkpoint(tmp_path / "verdict-lm", model, tokenizer, task=instruct_task("chat"))
     port = free_port()
     env = {**os.environ, "SCRATCHLLM_API_KEY": "k1"}
     proc = subprocess.Popen([sys.executable, "-m", "scratchllm", "serve", "--checkpoint", str(ckpt), "--port",
@@ -42,10 +43,15 @@ def test_the_command_serves_a_checkpoint_under_its_folder_name(tmp_path, model, 
         out = client.completions.create(model="verdict-lm", prompt="He laughed", max_tokens=10, temperature=0)
         assert out.choices[0].text == text_of(tokenizer, alone(model, tokenizer, "He laughed", 10, 0))
         assert httpx.get(url + "/v1/models").status_code == 401  # the key came from $SCRATCHLLM_API_KEY
+        messages = [{"role": "user", "content": "Who painted it?"}]
+        chat = client.chat.completions.create(model="verdict-lm", messages=messages, max_tokens=8, temperature=0)
+        template = get_template("chat")
+        new = alone(model, tokenizer, template.prompt_ids(tokenizer, messages), 8, 0)
+        assert chat.choices[0].message.content == text_of(tokenizer, new)
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
-    assert f"serving 'verdict-lm' at http://127.0.0.1:{port}" in err
+    assert f"serving 'verdict-lm' at http://127.0.0.1:{port} (chat page at /, API at /v1; chat template 'chat')" in err
     assert proc.returncode == 0
 
 
