@@ -42,9 +42,10 @@ def test_typing_a_prompt_streams_the_answer_with_token_boundaries(browser, serve
     pieces = page.query_selector_all(".message.assistant .tok")
     assert "".join(p.text_content() for p in pieces) == text_of(tokenizer, new)
     first = tokenizer.decode_bytes([new[0]]).decode("utf-8", "replace")
-    assert pieces[0].get_attribute("title").startswith(f"{json.dumps(first, ensure_ascii=False)}  logprob -")
+    assert pieces[0].get_attribute("data-tip").startswith(f"{json.dumps(first, ensure_ascii=False)}  logprob -")
     page.check("#boundaries")
     pieces[2].hover()
+    assert page.text_content("#tip") == pieces[2].get_attribute("data-tip")  # shown on hover
     page.screenshot(path=tmp_path / "chat-page.png")
     if os.environ.get("SCRATCHLLM_DOCS_IMAGES"):  # refresh the picture in docs/serving.md
         shutil.copy(tmp_path / "chat-page.png", Path(os.environ["SCRATCHLLM_DOCS_IMAGES"]) / "serve-chat-page.png")
