@@ -133,6 +133,7 @@ class _Service:
             raise ScratchLLMError("the model is a classifier (its head scores labels, not next tokens): serve a "
                                   "language model")
         self.config, self.tokenizer, self.template = config, tokenizer, template
+        model.eval()  # once: the engine's steps then need not switch modes
         self.engine = Engine(model, max_batch=config.max_batch, max_len=config.max_len,
                              prefill_chunk=config.prefill_chunk)
         self.metrics = Metrics()

@@ -26,8 +26,8 @@ def test_the_command_serves_a_checkpoint_under_its_folder_name_with_its_chat_tem
     ckpt = save_checkpoint(tmp_path / "verdict-lm", model, tokenizer, task=instruct_task("chat"))
     port = free_port()
     env = {**os.environ, "SCRATCHLLM_API_KEY": "k1"}
-    proc = subprocess.Popen([sys.executable, "-m", "scratchllm", "serve", "--checkpoint", str(ckpt), "--port",
-                             str(port), "--max-batch", "2"], env=env, stderr=subprocess.PIPE, text=True)
+    command = ["serve", "--checkpoint", str(ckpt), "--port", str(port), "--max-batch", "2", "--threads", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "scratchllm", *command], env=env, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
