@@ -22,6 +22,7 @@ COMMAND_MODULES: list[str] = [
     "distill",
     "plot",
     "generate",
+    "serve",
     "finetune",
     "classify",
     "convert",

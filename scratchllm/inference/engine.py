@@ -98,6 +98,9 @@ class _Rows(KVCache):
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """The model in eval mode (no dropout) inside, its own mode again after."""
     was_training = model.training
+    if not was_training:  # nothing to switch: a server steps an eval-mode model thousands of times a second
+        yield
+        return
     model.eval()
     try:
         yield
@@ -177,6 +180,8 @@ class Engine:
         self._rows: list[_Sequence] = []  # running: row i of the cache is self._rows[i]'s slot
         self._waiting: deque[_Sequence] = deque()
         self._next_sid = 0
+        # The last step's logits (n, vocab), row i for events[i]: a server reads log-probabilities here.
+        self.last_logits: torch.Tensor | None = None
 
     # -- joining and leaving ----------------------------------------------------------------
 
@@ -240,6 +245,7 @@ class Engine:
             for row, seq in enumerate(self._rows):
                 self._fill(row, seq)
             logits = self._decode()  # (n, vocab)
+        self.last_logits = logits
         tokens = logits.argmax(dim=-1).tolist()  # greedy rows; sampled rows draw below
         events = []
         for i, seq in enumerate(self._rows):
