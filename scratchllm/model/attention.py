@@ -74,10 +74,6 @@ class LayerKV:
         self.v = torch.zeros_like(self.k)
         self.max_len = max_len  # positions it accepts (a rolling cache stores fewer: sliding.py)
 
-    @property
-    def max_len(self) -> int:
-        return self.k.shape[2]
-
     def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, heads, T, hd) at [start, start + T); return all keys and values so far."""
         end = start + k.shape[2]

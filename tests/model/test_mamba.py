@@ -186,8 +186,8 @@ def test_bad_settings_and_gpt2_export_are_one_line_errors(tmp_path):
         GPTConfig.preset("tiny", block="mamba", ssm_conv=0)
     with pytest.raises(ScratchLLMError, match=r"attention='mambaa' is not one of .*'mamba'"):
         GPTConfig(attention="mambaa")
-    with pytest.raises(ScratchLLMError, match=r"GPT-2 format needs attention='multihead'.*'mamba'"):
+    with pytest.raises(ScratchLLMError, match=r"GPT-2 has no attention='mamba'.*needs attention='multihead'"):
         save_hf_gpt2(GPT(GPTConfig.preset("tiny", attention=["mamba", "multihead"])), tmp_path / "hf")
-    with pytest.raises(ScratchLLMError, match=r"GPT-2 format needs block='pre_norm', this model has 'mamba'"):
+    with pytest.raises(ScratchLLMError, match=r"GPT-2 has no block='mamba'.*needs block='pre_norm'"):
         save_hf_gpt2(GPT(GPTConfig.preset("tiny", block="mamba", pos_encoding="learned")), tmp_path / "hf")
     assert not (tmp_path / "hf").exists()

@@ -155,5 +155,5 @@ def test_bad_settings_and_gpt2_export_are_one_line_errors(tmp_path):
     with pytest.raises(ScratchLLMError, match=r"moe_capacity must be > 0"):
         GPTConfig.preset("tiny", ffn="moe", moe_capacity=0.0)
     GPTConfig.preset("tiny", n_experts=4, moe_top_k=5)  # no MoE layer: its settings are not read
-    with pytest.raises(ScratchLLMError, match=r"GPT-2 format needs ffn='gelu', this model has \['gelu', 'moe'\]"):
+    with pytest.raises(ScratchLLMError, match=r"GPT-2 has no ffn='moe' \(layer 1 of its pattern\): .* ffn='gelu'"):
         save_hf_gpt2(GPT(GPTConfig.preset("tiny", ffn=["gelu", "moe"])), tmp_path / "hf")
