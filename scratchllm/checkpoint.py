@@ -4,7 +4,8 @@ Layout of one checkpoint directory::
 
     model.safetensors        weights under clean names (no ``_orig_mod.`` / ``module.``)
     config.json              {"format": ..., "version": 2, "model": GPTConfig.to_dict(),
-                              "tokenizer_fingerprint": ... (when a tokenizer is saved; checked on load)}
+                              "tokenizer_fingerprint": ... (when a tokenizer is saved; checked on load),
+                              "lora" / "quantization": how to rebuild adapters / quantized layers}
     tokenizer/               tokenizer.save(dir), when a tokenizer is given
     optimizer.safetensors    optimizer tensors; param groups as JSON metadata   (training only)
     train_state.json         step, scheduler, RNG states, data position, ...   (training only)
@@ -23,6 +24,7 @@ state has the old layout).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import random
@@ -83,6 +85,11 @@ def save_checkpoint(
         adapters = lora_spec(model)
         if adapters:
             config["lora"] = adapters
+        from scratchllm.compress.quantize_model import quantization_spec  # quantized layers: how to rebuild them
+
+        quantized = quantization_spec(model)
+        if quantized:
+            config["quantization"] = quantized
         if hasattr(tokenizer, "fingerprint"):  # checked on load: another tokenizer of the same size decodes garbage
             config["tokenizer_fingerprint"] = tokenizer.fingerprint()
         if task is not None:
@@ -115,12 +122,20 @@ def load_checkpoint(path: str | os.PathLike, *, which: str = "newest", device: s
         raise ScratchLLMError(f"{ckpt / CONFIG_FILE} is not a scratchllm checkpoint config")
     if config.get("version", 0) > VERSION:
         raise ScratchLLMError(f"{ckpt / CONFIG_FILE} has format version {config['version']}; upgrade scratchllm")
-    model = GPT(GPTConfig.from_dict(config["model"]))
+    quantized = config.get("quantization")
+    # A quantized model is built on the meta device and its stored tensors assigned: its float32
+    # weights never exist in memory, only the integers and scales that are loaded.
+    with torch.device("meta") if quantized else contextlib.nullcontext():
+        model = GPT(GPTConfig.from_dict(config["model"]))
     if config.get("lora"):  # a LoRA run: the same adapters on the base, then every weight loads strictly
         from scratchllm.finetune.lora import apply_lora_spec
 
         apply_lora_spec(model, config["lora"])
-    load_model_weights(model, ckpt)
+    if quantized:
+        from scratchllm.compress.quantize_model import apply_quantization_spec
+
+        apply_quantization_spec(model, quantized)
+    load_model_weights(model, ckpt, assign=bool(quantized))
     return model.to(device), load_tokenizer(ckpt)
 
 
@@ -134,12 +149,13 @@ def checkpoint_version(ckpt: Path) -> int:
     return read_json(ckpt / CONFIG_FILE).get("version", 1)
 
 
-def load_model_weights(model: nn.Module, ckpt: Path) -> None:
-    """Copy the weights in ``ckpt/model.safetensors`` into ``model`` (every name must match)."""
+def load_model_weights(model: nn.Module, ckpt: Path, *, assign: bool = False) -> None:
+    """Copy the weights in ``ckpt/model.safetensors`` into ``model`` (every name must match);
+    ``assign``: make the loaded tensors the model's own instead (a model built on the meta device)."""
     model = unwrap_model(model)
     tensors = read_model_state(ckpt, model)
     try:
-        model.load_state_dict(tensors, strict=True)
+        model.load_state_dict(tensors, strict=True, assign=assign)
     except RuntimeError as err:
         raise ScratchLLMError(f"{ckpt / MODEL_FILE} does not match the model in {ckpt / CONFIG_FILE}: {err}") from None
 

@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "train",
     "eval",
     "distill",
+    "quantize",
     "plot",
     "generate",
     "serve",

@@ -15,6 +15,7 @@ encoding, block), per layer where the config gives a list, so a new part needs n
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -112,7 +113,12 @@ class GPT(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.tok_emb.weight.device
+        return self._float_tensor().device
+
+    def _float_tensor(self) -> torch.Tensor:
+        """A floating-point parameter or buffer: the device and dtype the model computes in (a
+        quantized model's token table and head hold integers, scratchllm.compress.quantize_model)."""
+        return next(t for t in itertools.chain(self.parameters(), self.buffers()) if t.is_floating_point())
 
     def set_impl(self, impl: str) -> None:
         """Switch every layer between torch's fused kernels ("fused") and the hand-written
@@ -204,7 +210,7 @@ class GPT(nn.Module):
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty KV cache for ``batch_size`` sequences of up to ``max_len`` positions."""
-        p = self.out_head.weight
+        p = self._float_tensor()
         return KVCache([block.attention.new_cache(batch_size, max_len, p.device, p.dtype)
                         for block in self.trf_blocks])
 
