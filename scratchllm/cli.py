@@ -25,6 +25,7 @@ COMMAND_MODULES: list[str] = [
     "finetune",
     "classify",
     "convert",
+    "export",
     "tour",
     "attention",
 ]

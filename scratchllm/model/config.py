@@ -67,6 +67,7 @@ class GPTConfig:
     rope_base: float = 10000.0
     n_kv_heads: int | None = None  # grouped-query attention: heads of keys and values (None: n_heads)
     head_size: int | None = None  # outputs of a replaced head, with a bias (surgery.replace_head); None: vocab_size
+    attn_head_dim: int | None = None  # width of one attention head; None: d_model // n_heads (pruned heads keep theirs)
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
@@ -91,7 +92,9 @@ class GPTConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ScratchLLMError(f"{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_heads:
+        if self.attn_head_dim is not None and (not isinstance(self.attn_head_dim, int) or self.attn_head_dim < 1):
+            raise ScratchLLMError(f"attn_head_dim must be a positive integer or null, got {self.attn_head_dim!r}")
+        if self.attn_head_dim is None and self.d_model % self.n_heads:
             raise ScratchLLMError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
                 f"pick n_heads among {_divisors(self.d_model)}"
@@ -123,7 +126,13 @@ class GPTConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+        """Width of one attention head: ``attn_head_dim``, else d_model / n_heads."""
+        return self.attn_head_dim or self.d_model // self.n_heads
+
+    @property
+    def attn_dim(self) -> int:
+        """Width of all query heads side by side: d_model, unless heads were pruned away."""
+        return self.n_heads * self.head_dim
 
     @property
     def hidden_dim(self) -> int:
