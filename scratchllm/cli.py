@@ -26,6 +26,7 @@ COMMAND_MODULES: list[str] = [
     "classify",
     "convert",
     "export",
+    "prune",
     "tour",
     "attention",
 ]
