@@ -178,17 +178,21 @@ def test_the_export_command_writes_a_file_and_keeps_an_existing_one(tmp_path, to
 
 
 @pytest.mark.slow
-def test_llama_cpp_loads_the_file_and_its_logits_are_ours(tmp_path, tokenizer):
+@pytest.mark.parametrize(("file_type", "tolerance"), [("f32", 1e-3), ("f16", 5e-3), ("q8_0", 5e-2)])
+def test_llama_cpp_loads_the_file_tokenizes_as_we_do_and_its_logits_are_ours(tmp_path, tokenizer, file_type,
+                                                                             tolerance):
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python compiles llama.cpp: pip install it to run")
-    model = _model(tokenizer.vocab_size, tie_embeddings=False)
-    path = save_gguf(model, tmp_path / "m.gguf", tokenizer, "f32")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=32, n_batch=32, logits_all=True, verbose=False, n_threads=2)
-    text = "I had always thought Jack Gisburn"
-    ids = tokenizer.encode(text)
-    assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids  # the same BPE, merges and split
+    model = _model(tokenizer.vocab_size, tie_embeddings=False, context_length=64)
+    path = save_gguf(model, tmp_path / "m.gguf", tokenizer, file_type)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_batch=64, logits_all=True, verbose=False, n_threads=2)
+    for text in ("I had always thought Jack Gisburn rather a cheap genius", TEXT):  # the same split and merges
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == tokenizer.encode(text), text
+    ids = tokenizer.encode("I had always thought Jack Gisburn rather a cheap genius")
+    assert len(ids) <= 64  # llama.cpp aborts (an assert in C) on a position past its table
     llm.eval(ids)
     theirs = torch.tensor(np.array(llm.scores[: len(ids)]), dtype=torch.float32)
     with torch.no_grad():
         ours = model(torch.tensor([ids]))[0]
-    assert (theirs - ours).abs().max() < 2e-2 * ours.abs().max()  # ggml's GELU is a float16 table
+    # measured here: f32 2e-5, f16 2e-4, q8_0 4e-3 of logits up to 0.4 (ggml's GELU table, q8_0 activations)
+    assert (theirs - ours).abs().max() < tolerance * ours.abs().max()
     assert torch.equal(theirs.argmax(-1), ours.argmax(-1))
