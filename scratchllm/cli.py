@@ -27,6 +27,8 @@ COMMAND_MODULES: list[str] = [
     "finetune",
     "classify",
     "convert",
+    "export",
+    "prune",
     "tour",
     "attention",
 ]

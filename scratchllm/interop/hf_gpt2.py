@@ -101,7 +101,7 @@ def config_from_hf(hf: dict) -> GPTConfig:
 def config_to_hf(config: GPTConfig) -> dict:
     """The Hugging Face ``config.json`` for our config (GPT-2 shaped models only)."""
     unsupported = {"pos_encoding": "learned", "norm": "layernorm", "ffn": "gelu", "attention": "multihead",
-                   "block": "pre_norm", "head_size": None}
+                   "block": "pre_norm", "head_size": None, "attn_head_dim": None}
     for field, needed in unsupported.items():
         value = getattr(config, field)
         for layer, part in enumerate(value if isinstance(value, list) else [value]):  # a per-layer pattern

@@ -141,9 +141,10 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_index: int = 0) -> None:
         super().__init__()
         self.d_model, self.n_heads, self.head_dim = config.d_model, config.n_heads, config.head_dim
+        self.attn_dim = config.attn_dim  # n_heads * head_dim: d_model unless heads were pruned
         self.n_kv_heads = self.kv_heads(config)  # heads of keys and values: all of them here
         self.W_qkv = nn.Linear(config.d_model, self.qkv_width(config), bias=config.qkv_bias)
-        self.out_proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.out_proj = nn.Linear(self.attn_dim, config.d_model, bias=config.bias)
         self.dropout_p = config.dropout
         self.dropout = nn.Dropout(config.dropout)
         self.explicit = False
@@ -157,7 +158,7 @@ class MultiHeadAttention(nn.Module):
 
     def qkv_width(self, config: GPTConfig) -> int:
         """Output features of ``W_qkv``: the queries of every head, then the keys and values of the KV heads."""
-        return config.d_model + 2 * self.kv_heads(config) * config.head_dim
+        return config.attn_dim + 2 * self.kv_heads(config) * config.head_dim
 
     @property
     def qkv_sizes(self) -> list[int]:
@@ -167,15 +168,15 @@ class MultiHeadAttention(nn.Module):
 
     @property
     def W_query(self) -> torch.Tensor:
-        return self.W_qkv.weight[: self.d_model]  # (d_out, d_in)
+        return self.W_qkv.weight[: self.attn_dim]  # (d_out, d_in)
 
     @property
     def W_key(self) -> torch.Tensor:
-        return self.W_qkv.weight[self.d_model : 2 * self.d_model]
+        return self.W_qkv.weight[self.attn_dim : 2 * self.attn_dim]
 
     @property
     def W_value(self) -> torch.Tensor:
-        return self.W_qkv.weight[2 * self.d_model :]
+        return self.W_qkv.weight[2 * self.attn_dim :]
 
     def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> LayerKV:
         """This layer's slot in a ``KVCache``: the keys and values of its KV heads."""
@@ -203,14 +204,14 @@ class MultiHeadAttention(nn.Module):
         ``mask``: boolean, broadcastable to (B, H, T, L), True = may attend. None means plain
         causal when the T queries are the whole sequence, or no mask for a single new token.
         """
-        B, T, d = x.shape
+        B, T, _ = x.shape
         q, k, v = self.project(x)  # (B, H, T, hd), (B, H_kv, T, hd) twice
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, H_kv, L, hd), L = past + T
         y = self.attend(q, k, v, mask)
-        return self.out_proj(y.transpose(1, 2).reshape(B, T, d))  # heads side by side, then mixed
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, self.attn_dim))  # heads side by side, then mixed
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys and values of x (B, T, d_model), heads as a dimension: (B, heads, T, hd)."""

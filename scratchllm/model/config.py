@@ -85,6 +85,7 @@ class GPTConfig:
     moe_capacity: float | None = None
     moe_balance_weight: float = 0.01  # Switch Transformer's load-balancing loss, alpha
     moe_z_weight: float = 0.001  # ST-MoE's router z-loss
+    attn_head_dim: int | None = None  # width of one attention head; None: d_model // n_heads (pruned heads keep theirs)
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
@@ -113,7 +114,9 @@ class GPTConfig:
             if len(self.part_names(name)) > self.n_layers:
                 raise ScratchLLMError(f"{name} lists {len(self.part_names(name))} names for {self.n_layers} layers; "
                                       "give at most one per layer (a shorter list repeats over the stack)")
-        if self.d_model % self.n_heads:
+        if self.attn_head_dim is not None and (not isinstance(self.attn_head_dim, int) or self.attn_head_dim < 1):
+            raise ScratchLLMError(f"attn_head_dim must be a positive integer or null, got {self.attn_head_dim!r}")
+        if self.attn_head_dim is None and self.d_model % self.n_heads:
             raise ScratchLLMError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
                 f"pick n_heads among {_divisors(self.d_model)}"
@@ -145,7 +148,13 @@ class GPTConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+        """Width of one attention head: ``attn_head_dim``, else d_model / n_heads."""
+        return self.attn_head_dim or self.d_model // self.n_heads
+
+    @property
+    def attn_dim(self) -> int:
+        """Width of all query heads side by side: d_model, unless heads were pruned away."""
+        return self.n_heads * self.head_dim
 
     @property
     def hidden_dim(self) -> int:

@@ -43,15 +43,15 @@ class GroupedQueryAttention(MultiHeadAttention):
 
     @property
     def W_key(self) -> torch.Tensor:
-        return self.W_qkv.weight[self.d_model : self.d_model + self.kv_dim]  # (kv_dim, d_in)
+        return self.W_qkv.weight[self.attn_dim : self.attn_dim + self.kv_dim]  # (kv_dim, d_in)
 
     @property
     def W_value(self) -> torch.Tensor:
-        return self.W_qkv.weight[self.d_model + self.kv_dim :]
+        return self.W_qkv.weight[self.attn_dim + self.kv_dim :]
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        B, T, d = x.shape
-        q, k, v = self.W_qkv(x).split([d, self.kv_dim, self.kv_dim], dim=-1)
+        B, T, _ = x.shape
+        q, k, v = self.W_qkv(x).split([self.attn_dim, self.kv_dim, self.kv_dim], dim=-1)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, hd)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
