@@ -24,6 +24,7 @@ COMMAND_MODULES: list[str] = [
     "generate",
     "finetune",
     "classify",
+    "chat",
     "convert",
     "tour",
     "attention",
