@@ -26,6 +26,7 @@ COMMAND_MODULES: list[str] = [
     "serve",
     "finetune",
     "classify",
+    "chat",
     "convert",
     "export",
     "prune",

@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "folder that transformers.GPT2LMHeadModel.from_pretrained loads (+ tokenizer.json).",
     )
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--from-hf", metavar="DIR", help="a Hugging Face GPT-2 folder")
+    source.add_argument("--from-hf", metavar="DIR|NAME", help="a Hugging Face GPT-2 folder, or a model name (gpt2, "
+                        "gpt2-medium, gpt2-large, gpt2-xl, owner/name) downloaded from the Hub into its cache")
     source.add_argument("--to-hf", metavar="CKPT", help="a scratchllm checkpoint or run folder")
     p.add_argument("--out", required=True, metavar="PATH",
                    help="a new or empty folder to write (or one an earlier convert wrote, with --force)")
@@ -43,15 +44,13 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_out(Path(args.from_hf or args.to_hf), out, args.force)
     if args.from_hf:
-        src = Path(args.from_hf)
-        model = load_hf_gpt2(src)
-        tokenizer = None
-        from scratchllm.tokenizer import BPETokenizer
+        from scratchllm.interop.hub import download_model, hf_tokenizer
 
-        if (src / "tokenizer.json").is_file():  # what --to-hf writes: its split pattern and special tokens too
-            tokenizer = BPETokenizer.from_hf(src / "tokenizer.json")
-        elif (src / "vocab.json").is_file() and (src / "merges.txt").is_file():
-            tokenizer = BPETokenizer.from_gpt2_files(src / "vocab.json", src / "merges.txt")
+        src = Path(args.from_hf)
+        if not src.exists() and not args.from_hf.startswith((".", "/")):  # a name: fetch it from the Hub
+            src = download_model(args.from_hf)
+        model = load_hf_gpt2(src)
+        tokenizer = hf_tokenizer(src)
         save_checkpoint(out, model, tokenizer)
         atomic_write_json(out / MARKER, {"written_by": "scratchllm convert", "from_hf": str(src)})
         note = ("with its tokenizer" if tokenizer is not None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from scratchllm.commands._model import add_model_source
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -14,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "byte over its text tokens, in non-overlapping windows of the model's context (scratchllm.train.evaluation). "
         "Bits per byte compares models with different tokenizers.",
     )
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint folder or a run folder (newest)")
+    add_model_source(p, "a checkpoint folder or a run folder (newest)")
     p.add_argument("--corpus", required=True, metavar="NAME|PATH",
                    help="a corpus name (shakespeare, ...), a text file or folder, or a prepared data folder")
     p.add_argument("--split", default="val", choices=("val", "train", "all"),
@@ -34,18 +36,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from scratchllm.checkpoint import STATE_FILE, find_checkpoint, load_checkpoint, read_json
     from scratchllm.errors import ScratchLLMError
+    from scratchllm.interop.hub import load_pretrained
     from scratchllm.train.evaluation import corpus_tokens, score_tokens
 
     if args.batch_size < 1 or args.max_tokens < 0:
         raise ScratchLLMError("--batch-size must be at least 1 and --max-tokens at least 0")
-    found = find_checkpoint(args.checkpoint)
-    model, tokenizer = load_checkpoint(found)
-    if tokenizer is None:
-        raise ScratchLLMError(f"{found} holds no tokenizer/ folder, so the corpus cannot be encoded")
-    precision = args.precision
-    if precision is None:
+    if args.model:
+        found, (model, tokenizer) = args.model, load_pretrained(args.model)
+        trained_in = "fp32"
+    else:
+        found = find_checkpoint(args.checkpoint)
+        model, tokenizer = load_checkpoint(found)
         state = found / STATE_FILE
-        precision = read_json(state).get("precision", "fp32") if state.is_file() else "fp32"
+        trained_in = read_json(state).get("precision", "fp32") if state.is_file() else "fp32"
+    if tokenizer is None:
+        raise ScratchLLMError(f"{found} holds no tokenizer, so the corpus cannot be encoded")
+    precision = args.precision or trained_in
     tokens = corpus_tokens(args.corpus, tokenizer, split=args.split, val_fraction=args.val_fraction,
                            cache_dir=args.cache_dir)
     score = score_tokens(model, tokens, tokenizer, batch_size=args.batch_size, precision=precision,

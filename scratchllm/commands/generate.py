@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from scratchllm.commands._model import add_model_source
 from scratchllm.commands._text import add_special_flags
 
 
@@ -15,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Continue --prompt with the model and tokenizer of --checkpoint, printing each token as it "
         "is chosen. Stops at <|endoftext|> or after --max-new-tokens. --temperature 0 is greedy.",
     )
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint folder or a run folder (newest)")
+    add_model_source(p, "a checkpoint folder or a run folder (newest)")
     p.add_argument("--prompt", required=True, help="the text to continue")
     p.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
                    help="at most this many tokens (default 200); a learned-position model reads its last "
@@ -29,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scratchllm.checkpoint import load_checkpoint
+    from scratchllm.commands._model import load_model_source, source_name
     from scratchllm.commands._text import special_mode, user_text
     from scratchllm.errors import ScratchLLMError
     from scratchllm.generate import check_sampling, stream
@@ -38,12 +39,12 @@ def run(args: argparse.Namespace) -> int:
 
     prompt = user_text(args.prompt, "--prompt")
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)  # before any output
-    model, tokenizer = load_checkpoint(args.checkpoint)
+    model, tokenizer = load_model_source(args)
     if model.config.head_size is not None:  # a replaced head scores classes, not next tokens
-        raise ScratchLLMError(f"{args.checkpoint} is a classifier ({model.config.head_size} outputs, not a "
+        raise ScratchLLMError(f"{source_name(args)} is a classifier ({model.config.head_size} outputs, not a "
                               "vocabulary): label texts with `scratchllm classify --checkpoint ... --text ...`")
     if tokenizer is None:
-        raise ScratchLLMError(f"{args.checkpoint} holds no tokenizer/ folder, so the prompt cannot be encoded")
+        raise ScratchLLMError(f"{source_name(args)} holds no tokenizer, so the prompt cannot be encoded")
     ids = tokenizer.encode_user_text(prompt, special_mode(args), "--prompt")
     if not ids:
         raise ScratchLLMError("the prompt is empty; give at least one character")

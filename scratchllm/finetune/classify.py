@@ -41,6 +41,7 @@ from scratchllm.checkpoint import load_checkpoint, read_task, unwrap_model
 from scratchllm.errors import ScratchLLMError
 from scratchllm.fileio import atomic_write_json, exclusive_lock
 from scratchllm.finetune.labelled import Example, label_names
+from scratchllm.finetune.lora import apply_lora
 from scratchllm.model.surgery import replace_head
 from scratchllm.tokenizer import ENDOFTEXT, PADDING
 from scratchllm.train import TrainConfig, Trainer
@@ -75,15 +76,23 @@ def trainable_parameters(model: nn.Module, train: str = "last-block") -> list[nn
     if n is None and train.startswith("last-") and train.removeprefix("last-").isdigit():
         n = int(train.removeprefix("last-"))
     if n is None or not 1 <= n <= len(model.trf_blocks):
-        raise ScratchLLMError(f"--train must be last-block, last-N (N from 1 to {len(model.trf_blocks)}) or all, "
-                              f"got {train!r}")
+        raise ScratchLLMError(f"--train must be last-block, last-N (N from 1 to {len(model.trf_blocks)}), all or "
+                              f"lora, got {train!r}")
     chosen = [*model.trf_blocks[-n:], model.final_norm, model.out_head]
     return [p for module in chosen for p in module.parameters()]
 
 
-def prepare_classifier(model: nn.Module, num_classes: int, train: str = "last-block") -> list[nn.Parameter]:
-    """Give ``model`` a head of ``num_classes`` rows and return the parameters to train."""
+def prepare_classifier(model: nn.Module, num_classes: int, train: str = "last-block", *, lora_rank: int = 16,
+                       lora_alpha: float = 16.0, lora_targets: Sequence[str] = ("all",)) -> list[nn.Parameter]:
+    """Give ``model`` a head of ``num_classes`` rows and return the parameters to train.
+
+    ``train="lora"`` is the book's appendix E: every weight frozen (the new head's too) and LoRA
+    adapters on the ``lora_targets`` layers, the head included by default; only they train.
+    """
     replace_head(model, num_classes)
+    if train == "lora":
+        apply_lora(model, lora_rank, lora_alpha, lora_targets)
+        return [p for p in model.parameters() if p.requires_grad]
     return trainable_parameters(model, train)
 
 
@@ -259,7 +268,10 @@ class ClassifySettings:
     batch_size: int = 8
     lr: float = 5e-5
     weight_decay: float = 0.1
-    train: str = "last-block"  # last-block | last-N | all
+    train: str = "last-block"  # last-block | last-N | all | lora
+    lora_rank: int = 16  # with train="lora" (the book's appendix E: rank 16, alpha 16, every linear layer)
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("all",)
     pooling: str = "last"  # last | mean
     padding: str = "longest"  # longest (in the batch) | context (every batch padded to context_length)
     seed: int = 123
@@ -303,7 +315,8 @@ def fine_tune(model: nn.Module, tokenizer: Any, splits: tuple[Sequence[Example],
     labels = label_names([*train, *val, *test])
     class_of = {name: i for i, name in enumerate(labels)}
     torch.manual_seed(s.seed)  # the new head's initial weights
-    params = prepare_classifier(model, len(labels), s.train)
+    params = prepare_classifier(model, len(labels), s.train, lora_rank=s.lora_rank, lora_alpha=s.lora_alpha,
+                                lora_targets=s.lora_targets)
     pad_id, context = padding_id(tokenizer), model.config.context_length
     pad_to = context if s.padding == "context" else None
     encoded, truncated = {}, 0

@@ -221,9 +221,11 @@ class Template:
         (its end-of-turn token included): what prompt masking trains on.
 
         Each prompt and each response is encoded on its own (``encode_ordinary``: special-token
-        strings in the text stay text) and the end-of-turn is its token id. A prompt ends with a
-        newline, where the GPT-2 and GPT-4 split patterns always cut, so this equals encoding the
-        whole text at once, as the book does (tests/finetune/test_templates.py).
+        strings in the text stay text), as the model is prompted when it answers, and the
+        end-of-turn is its token id. A prompt ends with a newline, where GPT-2's split pattern
+        always cuts, so with it this equals encoding the whole text at once, as the book does
+        (tests/finetune/test_templates.py); GPT-4's pattern joins a newline that starts a response
+        to the prompt's, so there the two can differ.
         """
         conversation = as_conversation(data)
         eot = end_of_turn_id(tokenizer)

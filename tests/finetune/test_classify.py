@@ -177,3 +177,21 @@ def test_resume_continues_exactly(tokenizer, tmp_path):
                         ClassifySettings(epochs=2, batch_size=8, lr=1e-3), resume=True, progress=False)
     assert resumed.test_loss == pytest.approx(whole.test_loss, rel=1e-6)
     assert resumed.confusion == whole.confusion
+
+
+def test_lora_is_the_books_appendix_e_only_the_adapters_train(tokenizer, tmp_path):
+    from scratchllm.finetune.lora import lora_layers
+
+    splits = split_examples(_examples(48), seed=4)
+    model = _model(tokenizer)
+    result = fine_tune(model, tokenizer, splits, tmp_path / "run",
+                       ClassifySettings(epochs=1, lr=1e-3, train="lora", lora_rank=4, lora_alpha=8), progress=False)
+    layers = lora_layers(model)
+    assert "out_head" in layers and len(layers) == 2 * 4 + 1  # every linear layer, the new head's too
+    rank, d, hidden, n_classes = 4, 32, 4 * 32, 2
+    # W_qkv: one adapter per part (q, k, v: (4, d) + (d, 4) each), out_proj, fc_in, fc_out; the head (4, d) + (2, 4)
+    per_block = 3 * rank * (d + d) + rank * (d + d) + rank * (d + hidden) + rank * (hidden + d)
+    assert result.trainable_params == 2 * per_block + rank * (d + n_classes)
+    assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+    clf, tok, task = load_classifier(tmp_path / "run")
+    assert predict(clf, tok, task, ["the apple"]) == predict(model, tokenizer, task, ["the apple"])

@@ -1,0 +1,33 @@
+"""Where a command's model comes from: ``--checkpoint PATH`` (a checkpoint or run folder) or
+``--model NAME`` (pretrained GPT-2 weights by name, downloaded from the Hugging Face Hub)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+MODEL_HELP = ("pretrained weights by name instead: gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a Hub repository "
+              "owner/name of the GPT-2 architecture (downloaded once into the Hugging Face cache)")
+
+
+def add_model_source(parser: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    """``--checkpoint PATH`` or ``--model NAME``, exactly one of them."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="PATH", help=checkpoint_help)
+    source.add_argument("--model", metavar="NAME", help=MODEL_HELP)
+
+
+def load_model_source(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of ``--checkpoint`` or ``--model``."""
+    if getattr(args, "model", None):
+        from scratchllm.interop.hub import load_pretrained
+
+        return load_pretrained(args.model)
+    from scratchllm.checkpoint import load_checkpoint
+
+    return load_checkpoint(args.checkpoint)
+
+
+def source_name(args: argparse.Namespace) -> str:
+    """How messages name the model: its path or its name."""
+    return args.checkpoint or args.model
