@@ -115,8 +115,8 @@ def test_the_loss_adds_the_weighted_auxiliary_losses_of_every_moe_layer():
     balance = sum(a["balance"][0].item() for a in aux)
     z = sum(a["router_z"][0].item() for a in aux)
     assert float(loss.terms["balance"].detach()) == pytest.approx(14 * balance, rel=1e-5)
-    expected = float(loss.terms["ce"].detach()) + 14 * (0.01 * balance + 0.001 * z)
-    assert float(loss.total.detach()) == pytest.approx(expected, rel=1e-6)
+    ce = float(loss.terms["ce"].detach())
+    assert float(loss.total.detach()) == pytest.approx(ce + 14 * (0.01 * balance + 0.001 * z), rel=1e-6)
     assert {name for name in loss.metrics} == {f"moe_load_l{i}_e{e}" for i in (0, 2) for e in range(4)}
     router = layers[0].router.weight
     (g,) = torch.autograd.grad(loss.total, router)
