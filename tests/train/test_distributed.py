@@ -4,20 +4,20 @@ with accumulation 1 train like 1 process with accumulation 2."""
 from __future__ import annotations
 
 import multiprocessing
-import subprocess
-import sys
 
 import pytest
 import torch
 from train_helpers import (
     ONE_STEP,
+    assert_resume_is_exact,
     capture_gradients,
-    child_env,
+    curves,
     mean_loss_gradients,
     padded_micro_batches,
     run_cli,
     set_args,
     small_gpt,
+    torchrun_train,
 )
 
 from scratchllm.train import TrainConfig, Trainer
@@ -66,49 +66,27 @@ def test_two_ranks_accumulating_take_the_gradient_of_the_mean_over_all_their_tok
     assert record["loss"] == pytest.approx(loss, rel=1e-5)
 
 
-def _curves(run_dir):
-    records = read_metrics(run_dir)
-    return ([r["loss"] for r in records if "loss" in r], [r["val_loss"] for r in records if "val_loss" in r])
-
-
 def test_two_ranks_equal_one_process_accumulating_two(tiny_data, tmp_path):
     common = ["--data", str(tiny_data), "--quiet",
               *set_args("train.max_steps=30", "train.eval_interval=10", "train.checkpoint_interval=10")]
     single = run_cli("train", "--out", str(tmp_path / "one"), *common, "--set", "train.grad_accum_steps=2")
     assert single.returncode == 0, single.stderr
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "scratchllm", "train", "--out", str(tmp_path / "two"), *common, "--set", "train.grad_accum_steps=1"],
-        env=child_env(), capture_output=True, text=True, timeout=300,
-    )
+    ddp = torchrun_train("--out", str(tmp_path / "two"), *common, "--set", "train.grad_accum_steps=1")
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    one_train, one_val = _curves(tmp_path / "one")
-    two_train, two_val = _curves(tmp_path / "two")
+    one_train, one_val = curves(tmp_path / "one")
+    two_train, two_val = curves(tmp_path / "two")
     assert len(one_train) == len(two_train) == 30 and len(one_val) == len(two_val) == 4
     assert two_train == pytest.approx(one_train, rel=1e-4)
     assert two_val == pytest.approx(one_val, rel=1e-4)
     assert two_train[-1] < two_train[0] - 0.5  # it did learn
 
 
-def _torchrun(*args):
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "scratchllm", "train", *args], env=child_env(), capture_output=True, text=True,
-                          timeout=300)
-
 
 def test_two_ranks_with_dropout_resume_exactly(tiny_data, tmp_path):
     # constant learning rate, so stopping at step 10 and extending to 20 follows the same schedule
     common = ["--quiet", *set_args("model.dropout=0.3", "train.warmup_steps=0", "train.min_lr=3e-3",
                                    "train.eval_interval=5")]
-    whole = _torchrun("--data", str(tiny_data), "--out", str(tmp_path / "whole"), *common,
-                      "--set", "train.max_steps=20")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    first = _torchrun("--data", str(tiny_data), "--out", str(tmp_path / "split"), *common,
-                      "--set", "train.max_steps=10")
-    assert first.returncode == 0, first.stderr[-3000:]
-    rest = _torchrun("--resume", str(tmp_path / "split"), "--quiet", "--set", "train.max_steps=20")
-    assert rest.returncode == 0, rest.stderr[-3000:]
-    assert _curves(tmp_path / "split") == _curves(tmp_path / "whole")  # exact float equality
+    assert_resume_is_exact(tiny_data, tmp_path, common)
 
 
 def test_a_torchrun_launch_into_a_run_folder_in_use_stops_on_every_rank(tiny_data, tmp_path):
@@ -118,7 +96,7 @@ def test_a_torchrun_launch_into_a_run_folder_in_use_stops_on_every_rank(tiny_dat
 
     run = tmp_path / "run"
     with exclusive_lock(run):  # another scratchllm process (this one) writes there
-        result = _torchrun("--data", str(tiny_data), "--out", str(run), "--quiet", *set_args("train.max_steps=3"))
+        result = torchrun_train("--data", str(tiny_data), "--out", str(run), "--quiet", *set_args("train.max_steps=3"))
         assert sorted(p.name for p in run.iterdir()) == [".scratchllm.lock"]  # nothing written beside the lock
     assert result.returncode != 0
     assert f"is in use by pid {os.getpid()}" in result.stderr

@@ -3,29 +3,14 @@ process accumulating two micro-batches, resumes exactly, and its checkpoints loa
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
-from train_helpers import child_env, run_cli, set_args
+from train_helpers import assert_resume_is_exact, curves, run_cli, set_args, torchrun_train
 
 from scratchllm.checkpoint import list_checkpoints, load_checkpoint, read_optimizer_state
 from scratchllm.data.batches import SlidingWindows
 from scratchllm.data.shards import open_prepared
 from scratchllm.train.evaluation import score_windows, text_token_bytes
-from scratchllm.train.metrics import read_metrics
-
-
-def _torchrun(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "scratchllm", "train", *args], env=child_env(), capture_output=True, text=True,
-                          timeout=300)
-
-
-def _curves(run_dir):
-    records = read_metrics(run_dir)
-    return ([r["loss"] for r in records if "loss" in r], [r["val_loss"] for r in records if "val_loss" in r])
 
 
 def test_sharded_training_equals_ddp_and_one_process_accumulating(tiny_data, tmp_path):
@@ -33,13 +18,13 @@ def test_sharded_training_equals_ddp_and_one_process_accumulating(tiny_data, tmp
                                                   "train.sample_tokens=8")]
     single = run_cli("train", "--out", str(tmp_path / "one"), "--quiet", *common, "--set", "train.grad_accum_steps=2")
     assert single.returncode == 0, single.stderr
-    ddp = _torchrun("--out", str(tmp_path / "ddp"), "--quiet", *common)
+    ddp = torchrun_train("--out", str(tmp_path / "ddp"), "--quiet", *common)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     # not --quiet: the samples after each evaluation need every rank's forward pass under FSDP
-    fsdp = _torchrun("--out", str(tmp_path / "fsdp"), *common, "--set", "train.parallel=fsdp")
+    fsdp = torchrun_train("--out", str(tmp_path / "fsdp"), *common, "--set", "train.parallel=fsdp")
     assert fsdp.returncode == 0, fsdp.stderr[-3000:]
     assert "    | " in fsdp.stdout + fsdp.stderr  # the sample was shown
-    one, two, sharded = _curves(tmp_path / "one"), _curves(tmp_path / "ddp"), _curves(tmp_path / "fsdp")
+    one, two, sharded = curves(tmp_path / "one"), curves(tmp_path / "ddp"), curves(tmp_path / "fsdp")
     assert len(sharded[0]) == 20 and len(sharded[1]) == 3
     assert sharded[0] == pytest.approx(two[0], rel=1e-4) and sharded[1] == pytest.approx(two[1], rel=1e-4)
     assert sharded[0] == pytest.approx(one[0], rel=1e-4) and sharded[1] == pytest.approx(one[1], rel=1e-4)
@@ -65,19 +50,11 @@ def test_sharded_training_equals_ddp_and_one_process_accumulating(tiny_data, tmp
 def test_sharded_training_resumes_exactly_and_a_sharded_run_resumes_in_one_process(tiny_data, tmp_path):
     common = ["--quiet", *set_args("train.warmup_steps=0", "train.min_lr=3e-3", "train.eval_interval=5",
                                    "train.parallel=fsdp")]
-    whole = _torchrun("--data", str(tiny_data), "--out", str(tmp_path / "whole"), *common,
-                      "--set", "train.max_steps=20")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    first = _torchrun("--data", str(tiny_data), "--out", str(tmp_path / "split"), *common,
-                      "--set", "train.max_steps=10")
-    assert first.returncode == 0, first.stderr[-3000:]
-    rest = _torchrun("--resume", str(tmp_path / "split"), "--quiet", "--set", "train.max_steps=20")
-    assert rest.returncode == 0, rest.stderr[-3000:]
-    assert _curves(tmp_path / "split") == _curves(tmp_path / "whole")  # exact float equality
+    assert_resume_is_exact(tiny_data, tmp_path, common)
 
     # resharding: the 2-rank run continues in one process from the same weights and AdamW state
     alone = run_cli("train", "--resume", str(tmp_path / "whole"), "--quiet", "--set", "train.max_steps=22")
     assert alone.returncode == 0, alone.stderr[-3000:]
-    losses, _ = _curves(tmp_path / "whole")
+    losses, _ = curves(tmp_path / "whole")
     assert len(losses) == 22 and all(map(torch.isfinite, torch.tensor(losses)))
     assert losses[-1] < losses[0] - 0.5

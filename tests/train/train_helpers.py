@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from scratchllm.model import GPT, GPTConfig
 from scratchllm.train.losses import IGNORE_INDEX
+from scratchllm.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,3 +83,28 @@ def capture_gradients(trainer, model) -> dict[str, torch.Tensor]:
     trainer.optimizer.register_step_pre_hook(
         lambda opt, args, kwargs: grads.update({n: p.grad.clone() for n, p in model.named_parameters()}))
     return grads
+
+
+def torchrun_train(*args: str) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=2 -m scratchllm train ARGS`` (2 gloo processes, one thread each)."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "scratchllm", "train", *args], env=child_env(), capture_output=True, text=True,
+                          timeout=300)
+
+
+def curves(run_dir) -> tuple[list[float], list[float]]:
+    """The training losses and validation losses a run logged."""
+    records = read_metrics(run_dir)
+    return [r["loss"] for r in records if "loss" in r], [r["val_loss"] for r in records if "val_loss" in r]
+
+
+def assert_resume_is_exact(data, tmp_path, common: list[str]) -> None:
+    """Under torchrun: 20 steps in one go (``tmp_path/whole``) equal 10 steps and a resume to 20
+    (``tmp_path/split``), to the last bit."""
+    for run, steps in (("whole", 20), ("split", 10)):
+        result = torchrun_train("--data", str(data), "--out", str(tmp_path / run), *common,
+                                "--set", f"train.max_steps={steps}")
+        assert result.returncode == 0, result.stderr[-3000:]
+    rest = torchrun_train("--resume", str(tmp_path / "split"), "--quiet", "--set", "train.max_steps=20")
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert curves(tmp_path / "split") == curves(tmp_path / "whole")  # exact float equality
