@@ -65,7 +65,7 @@ PRESETS: dict[str, Preset] = {
         "Tiny Shakespeare at the byte level to nanoGPT's 2000-step validation loss (1.886) in a fraction of its time",
         {"n_layers": 3, "n_heads": 4, "d_model": 128, "context_length": 128, "dropout": 0.0, "pos_encoding": "rope",
          "norm": "rmsnorm", "ffn": "swiglu"},
-        {"max_steps": 500, "batch_size": 12, "lr": 4e-3, "min_lr": 1e-4, "warmup_steps": 30, "beta2": 0.95,
+        {"max_steps": 540, "batch_size": 12, "lr": 4e-3, "min_lr": 1e-4, "warmup_steps": 30, "beta2": 0.95,
          "precision": "bf16", "eval_interval": 0, "eval_batches": 0, "eval_at_start": False},
     ),
     # The book's GPT_CONFIG_124M: 163,009,536 parameters untied, 124,412,160 tied; trained with
