@@ -54,6 +54,7 @@ def world(tmp_path_factory, verdict_path) -> Path:
     (root / "notes").mkdir()
     (root / "notes" / "notes.txt").write_text("my own notes\n")
     (root / "file.txt").write_text("a file\n")
+    (root / "records.jsonl").write_text('{"instruction": "a", "output": "b"}\n{"instruction": \n')  # cut short
     return root
 
 
@@ -122,6 +123,26 @@ IN_PROCESS = [
                                  "--alpha", "2", *tiny_set()], "--alpha must be in [0, 1]"),
     ("eval-zero-batch-size", ["eval", "--checkpoint", "{w}/run", "--corpus", "{w}/the-verdict.txt", "--batch-size",
                               "0"], "--batch-size must be at least 1"),
+    # -- the second wave's commands: output folders, ranges, records
+    ("quantize-group-not-dividing", ["quantize", "--checkpoint", "{w}/run", "--bits", "4", "--group-size", "64",
+                                     "--out", "{w}/q"], "--group-size 64 does not divide the 32 inputs of trf_blocks"),
+    ("quantize-over-its-source", ["quantize", "--checkpoint", "{w}/run", "--bits", "8", "--out", "{w}/run"],
+     "would replace the checkpoint being quantized"),
+    ("quantize-over-notes", ["quantize", "--checkpoint", "{w}/run", "--bits", "8", "--out", "{w}/notes"],
+     "is not a checkpoint (no config.json), so it is kept"),
+    ("prune-sparsity-one", ["prune", "--checkpoint", "{w}/run", "--method", "magnitude", "--sparsity", "1.0",
+                            "--data", "{w}/data", "--out", "{w}/p"], "--sparsity must be in [0, 1)"),
+    ("prune-wanda-without-data", ["prune", "--checkpoint", "{w}/run", "--method", "wanda", "--sparsity", "0.5",
+                                  "--out", "{w}/p"], "wanda pruning needs text: give --data"),
+    ("export-gguf-out-is-a-folder", ["export", "--checkpoint", "{w}/run", "--format", "gguf", "--type", "f32",
+                                     "--out", "{w}/notes"], "is a folder: give the path of a .gguf file"),
+    ("serve-not-a-checkpoint", ["serve", "--checkpoint", "{w}/notes"], "holds no checkpoint"),
+    ("finetune-instruct-bad-record", ["finetune", "instruct", "--checkpoint", "{w}/run", "--data", "{w}/records.jsonl",
+                                      "--out", "{w}/sft"], "records.jsonl:2: not a JSON record"),
+    ("finetune-dpo-bad-record", ["finetune", "dpo", "--checkpoint", "{w}/run", "--data", "{w}/records.jsonl",
+                                 "--out", "{w}/dpo"], "records.jsonl:2: not a JSON record"),
+    ("finetune-classify-bad-record", ["finetune", "classify", "--checkpoint", "{w}/run", "--data",
+                                      "{w}/records.jsonl", "--out", "{w}/cls"], "records.jsonl:2: not a JSON record"),
     # -- silent wrong results
     ("generate-with-a-swapped-tokenizer", ["generate", "--checkpoint", "{w}/swapped", "--prompt", "Hi"],
      "is not the tokenizer these weights were trained with"),
