@@ -69,6 +69,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scratchllm.errors import ScratchLLMError, did_you_mean
+from scratchllm.inference.text import StopStrings, cut_at_stop
 from scratchllm.tokenizer import ENDOFTEXT
 
 END_OF_TURN = ENDOFTEXT  # the token that closes every response
@@ -256,13 +257,7 @@ class Template:
 
     def response(self, generated: str) -> str:
         """A generated answer as a user reads it: cut at the first stop string, stripped."""
-        return _cut(generated, self.stop_strings)[0].strip()
-
-
-def _cut(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """``text`` up to its first stop string, and whether there was one."""
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return (text[:min(hits)], True) if hits else (text, False)
+        return cut_at_stop(generated, self.stop_strings)[0].strip()
 
 
 TEMPLATES: dict[str, Template] = {
@@ -339,23 +334,16 @@ class ResponseStream:
     """
 
     def __init__(self, template: Template) -> None:
-        self.stops = template.stop_strings
-        self.held = ""
+        self._stops = StopStrings(template.stop_strings)
         self.stopped = False
 
     def push(self, piece: str) -> str:
         """The part of the text so far that is certainly response, not yet returned."""
         if self.stopped:
             return ""
-        text, self.stopped = _cut(self.held + piece, self.stops)
-        if self.stopped:
-            self.held = ""
-            return text
-        keep = max((n for s in self.stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
-        self.held = text[len(text) - keep:] if keep else ""
-        return text[:len(text) - keep]
+        text, self.stopped = self._stops.push(piece)
+        return text
 
     def finish(self) -> str:
         """What was held back at the end (no stop string came)."""
-        rest, self.held = ("" if self.stopped else self.held), ""
-        return rest
+        return "" if self.stopped else self._stops.flush()

@@ -5,12 +5,7 @@ A stop string can begin in one token and end in a later one ("EN" + "D"), so tex
 the start of a stop string is held back until the next token says whether it is; what a client
 receives never contains a stop string or anything after it, streamed or not.
 
->>> stops = StopStrings(["END", "\\n\\n"])
->>> stops.push("Hello E"), stops.push("N"), stops.push("D and more")
-(('Hello ', False), ('', False), ('', True))
->>> stops = StopStrings(["END"])
->>> stops.push("tEN"), stops.push("t"), stops.flush()
-(('t', False), ('ENt', False), '')
+The cutting itself is ``scratchllm.inference.StopStrings``.
 """
 
 from __future__ import annotations
@@ -19,36 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scratchllm.inference import TextStream
+from scratchllm.inference import StopStrings, TextStream
 from scratchllm.serve.batcher import TokenEvent
-
-
-class StopStrings:
-    """Cut a stream of text pieces at the first stop string: ``push`` each piece, ``flush`` at the end."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.held = ""  # the end of the text so far that a stop string could begin with
-
-    def push(self, piece: str) -> tuple[str, bool]:
-        """(text safe to send now, whether a stop string was found); after True, ignore what follows."""
-        text = self.held + piece
-        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.held = ""
-            return text[: min(hits)], True
-        keep = 0
-        for k in range(min(len(text), max((len(s) for s in self.stops), default=1) - 1), 0, -1):
-            if any(s.startswith(text[-k:]) for s in self.stops):
-                keep = k
-                break
-        self.held = text[len(text) - keep :]
-        return text[: len(text) - keep], False
-
-    def flush(self) -> str:
-        """The held text, once no token can follow."""
-        held, self.held = self.held, ""
-        return held
 
 
 @dataclass

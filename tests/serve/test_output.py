@@ -3,8 +3,9 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scratchllm.inference import StopStrings
 from scratchllm.serve.batcher import TokenEvent
-from scratchllm.serve.output import ChoiceOutput, StopStrings
+from scratchllm.serve.output import ChoiceOutput
 from scratchllm.tokenizer import ENDOFTEXT, BPETokenizer
 
 TOKENIZER = BPETokenizer.train("né à la fête, l'été: ünïcödé 😀 " * 3 + "the cat sat on the mat " * 5,
