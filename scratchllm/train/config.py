@@ -61,6 +61,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 only on CUDA)
     device: str = "auto"  # auto | cpu | cuda | mps
     compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (train/activations.py)
     parallel: str = "ddp"  # under torchrun: ddp (every rank holds the whole model) | fsdp (sharded; train/sharding.py)
     seed: int = 1337
     peak_flops: float = 0.0  # matmul FLOP/s for MFU; 0 = measure at start

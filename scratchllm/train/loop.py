@@ -38,6 +38,7 @@ from tqdm import tqdm
 from scratchllm import checkpoint as ckpt
 from scratchllm.errors import ScratchLLMError
 from scratchllm.fileio import exclusive_lock
+from scratchllm.train.activations import checkpoint_blocks
 from scratchllm.train.config import RunConfig, TrainConfig
 from scratchllm.train.distributed import (
     DistributedContext,
@@ -226,6 +227,8 @@ class Trainer:
             chosen = {id(p) for p in trainable}
             for p in model.parameters():
                 p.requires_grad_(id(p) in chosen)
+        if settings.activation_checkpointing:  # before sharding: FSDP gathers a block's weights before its recompute
+            checkpoint_blocks(model)
         if settings.parallel == "fsdp" and self.dist.enabled:  # before the optimizer: it updates the shards
             _sharding().shard_model(model)
             self.dist = dataclasses.replace(self.dist, sharded=True)
