@@ -58,3 +58,17 @@ def test_sharded_training_resumes_exactly_and_a_sharded_run_resumes_in_one_proce
     losses, _ = curves(tmp_path / "whole")
     assert len(losses) == 22 and all(map(torch.isfinite, torch.tensor(losses)))
     assert losses[-1] < losses[0] - 0.5
+
+
+def test_activation_checkpointing_leaves_ddp_and_fsdp_training_unchanged(tiny_data, tmp_path):
+    common = ["--data", str(tiny_data), "--quiet", *set_args("train.max_steps=10", "train.eval_interval=5")]
+    for parallel in ("ddp", "fsdp"):
+        runs = {}
+        for flag in ("false", "true"):
+            out = tmp_path / f"{parallel}-{flag}"
+            result = torchrun_train("--out", str(out), *common, "--set", f"train.parallel={parallel}",
+                                    "--set", f"train.activation_checkpointing={flag}")
+            assert result.returncode == 0, result.stderr[-3000:]
+            runs[flag] = curves(out)
+        assert len(runs["true"][0]) == 10
+        assert runs["true"] == runs["false"]  # recomputation gives the same floats
