@@ -5,10 +5,12 @@ adding each token's absolute position (after a cache too)."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 
+from scratchllm.errors import ScratchLLMError
 from scratchllm.model import GPT, GPTConfig
 from scratchllm.model.positions import apply_rope, rope_cos_sin, sinusoidal_encoding
 
@@ -38,6 +40,24 @@ def test_rotary_equals_transformers_llama(head_dim, base):
     torch.testing.assert_close(sin[:, 0], hf_sin)
     torch.testing.assert_close(apply_rope(x, cos, sin), hf_q)
     torch.testing.assert_close(apply_rope(y, cos, sin), hf_k)
+
+
+def test_the_default_rotary_base_is_the_10000_of_roformer_and_llama():
+    positions = torch.arange(9)[None]
+    q = torch.randn(1, 2, 9, 8)
+    hf_cos, hf_sin, _, _ = _hf_rope(8, 10000.0, positions, q, q)
+    cos, sin = rope_cos_sin(positions, 8)  # no base given
+    torch.testing.assert_close(cos[:, 0], hf_cos)
+    torch.testing.assert_close(sin[:, 0], hf_sin)
+
+
+@pytest.mark.parametrize(("pos_encoding", "d_model", "n_heads", "message"), [
+    ("sinusoidal", 15, 1, "sinusoidal positions need an even d_model, got 15"),  # sin/cos come in pairs
+    ("rope", 12, 4, "rope needs an even head size, got d_model/n_heads=3"),  # rotation pairs i with i + hd/2
+])
+def test_positions_that_pair_dimensions_refuse_an_odd_size(pos_encoding, d_model, n_heads, message):
+    with pytest.raises(ScratchLLMError, match=re.escape(message)):
+        GPT(GPTConfig.preset("tiny", pos_encoding=pos_encoding, d_model=d_model, n_heads=n_heads))
 
 
 def test_rotated_dot_products_depend_only_on_the_distance():
