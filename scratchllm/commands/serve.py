@@ -1,4 +1,4 @@
-"""``scratchllm serve --checkpoint PATH``: an OpenAI-compatible server and a chat page for a model."""
+"""``scratchllm serve --checkpoint PATH|--model NAME``: an OpenAI-compatible server and a chat page for a model."""
 
 from __future__ import annotations
 
@@ -7,23 +7,26 @@ import os
 import sys
 from pathlib import Path
 
+from scratchllm.commands._model import add_model_source
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve",
         help="serve a model over OpenAI's API (continuous batching) with a chat page",
-        description="Serve --checkpoint at http://HOST:PORT: /v1/completions, /v1/chat/completions (models with a "
-        "chat template), /v1/models, /health, /metrics, and a chat page at /. Requests that arrive while others "
-        "decode join the running batch at the next step. Binds to 127.0.0.1 unless --host says otherwise.",
+        description="Serve --checkpoint (or pretrained --model weights) at http://HOST:PORT: /v1/completions, "
+        "/v1/chat/completions (models with a chat template), /v1/models, /health, /metrics, and a chat page at /. "
+        "Requests that arrive while others decode join the running batch at the next step. "
+        "Binds to 127.0.0.1 unless --host says otherwise.",
     )
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint folder or a run folder (newest)")
+    add_model_source(p, "a checkpoint folder or a run folder (newest)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", default=os.environ.get("SCRATCHLLM_API_KEY"), metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on every route but /health and the page (default: "
                    "$SCRATCHLLM_API_KEY; unset = no key)")
     p.add_argument("--name", default=None,
-                   help="the model's name in the API (default: the name of the --checkpoint folder)")
+                   help="the model's name in the API (default: the --checkpoint folder's name, or --model)")
     p.add_argument("--max-batch", type=int, default=16, metavar="N", help="sequences decoding at once (default 16)")
     p.add_argument("--max-queue", type=int, default=64, metavar="N",
                    help="sequences waiting for a slot before requests get 429 (default 64)")
@@ -39,8 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scratchllm.checkpoint import load_checkpoint
-    from scratchllm.errors import check_range
+    from scratchllm.commands._model import load_model_source, source_name
+    from scratchllm.errors import ScratchLLMError, check_range
     from scratchllm.finetune.templates import checkpoint_template
     from scratchllm.serve import ServeConfig, create_app, serve
 
@@ -52,9 +55,12 @@ def run(args: argparse.Namespace) -> int:
 
         check_range("--threads", args.threads, 1)
         torch.set_num_threads(args.threads)
-    template = checkpoint_template(args.checkpoint)  # None: a base model (its chat endpoint answers 400)
-    model, tokenizer = load_checkpoint(args.checkpoint)
-    name = args.name or Path(args.checkpoint).resolve().name
+    # None: a base model, as pretrained GPT-2 weights are (its chat endpoint answers 400)
+    template = checkpoint_template(args.checkpoint) if args.checkpoint else None
+    model, tokenizer = load_model_source(args)
+    if tokenizer is None:
+        raise ScratchLLMError(f"{source_name(args)} holds no tokenizer, so prompts cannot be encoded")
+    name = args.name or (Path(args.checkpoint).resolve().name if args.checkpoint else args.model)
     config = ServeConfig(model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,
                          max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens, max_n=args.max_n,
                          max_body_bytes=args.max_body_bytes, request_timeout=args.request_timeout,

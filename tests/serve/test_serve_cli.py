@@ -1,4 +1,5 @@
-"""``scratchllm serve``: a real process on a free port answers the OpenAI client; a busy port is one line."""
+"""``scratchllm serve``: a real process on a free port answers the OpenAI client (a checkpoint, or pretrained
+weights by name from a loopback Hub); a busy port is one line."""
 
 import os
 import signal
@@ -9,17 +10,35 @@ import time
 
 import httpx
 import openai
+import pytest
+import torch
+from fake_hub import REPO, tiny_gpt2_hub
 from serve_helpers import alone, text_of
 
 from scratchllm.checkpoint import save_checkpoint
 from scratchllm.cli import main
 from scratchllm.finetune.templates import get_template, instruct_task
+from scratchllm.tokenizer import BPETokenizer
 
 
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for(proc, port):
+    """The server's URL once /health answers."""
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                return url
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "the server did not come up"
+        time.sleep(0.2)
 
 
 def test_the_command_serves_a_checkpoint_under_its_folder_name_with_its_chat_template(tmp_path, model, tokenizer):
@@ -29,16 +48,7 @@ def test_the_command_serves_a_checkpoint_under_its_folder_name_with_its_chat_tem
     command = ["serve", "--checkpoint", str(ckpt), "--port", str(port), "--max-batch", "2", "--threads", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "scratchllm", *command], env=env, stderr=subprocess.PIPE, text=True)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.2)
+        url = wait_for(proc, port)
         client = openai.OpenAI(base_url=url + "/v1", api_key="k1", max_retries=0)
         out = client.completions.create(model="verdict-lm", prompt="He laughed", max_tokens=10, temperature=0)
         assert out.choices[0].text == text_of(tokenizer, alone(model, tokenizer, "He laughed", 10, 0))
@@ -52,6 +62,35 @@ def test_the_command_serves_a_checkpoint_under_its_folder_name_with_its_chat_tem
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     assert f"serving 'verdict-lm' at http://127.0.0.1:{port} (chat page at /, API at /v1; chat template 'chat')" in err
+    assert proc.returncode == 0
+
+
+def test_the_command_serves_pretrained_weights_by_name_with_transformers_greedy_text(tmp_path, gpt2_files):
+    pytest.importorskip("transformers")
+    hub = tiny_gpt2_hub(tmp_path, gpt2_files)
+    port = free_port()
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "hub-cache")}
+    command = ["serve", "--model", REPO, "--port", str(port), "--max-batch", "2", "--threads", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "scratchllm", *command], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        url = wait_for(proc, port)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list()] == [REPO]
+        out = client.completions.create(model=REPO, prompt="Hello, world!", max_tokens=8, temperature=0)
+        tokenizer = BPETokenizer.from_gpt2_files(*gpt2_files)
+        ids = torch.tensor([tokenizer.encode("Hello, world!")])
+        with torch.no_grad():  # transformers' own greedy loop over the same weights is the oracle
+            new = hub.reference.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=50256,
+                                         pad_token_id=50256)[0, ids.shape[1]:].tolist()
+        assert out.choices[0].text == tokenizer.decode([t for t in new if t != 50256])
+        assert out.usage.completion_tokens == len(new)
+        with pytest.raises(openai.BadRequestError, match="chat template"):  # GPT-2 weights are a base model
+            client.chat.completions.create(model=REPO, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        hub.close()
+    assert f"serving '{REPO}' at http://127.0.0.1:{port}" in err and "no chat template" in err
     assert proc.returncode == 0
 
 
