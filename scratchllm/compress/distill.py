@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.errors import ScratchLLMError, check_range
-from scratchllm.train.losses import IGNORE_INDEX, Loss
+from scratchllm.train.losses import IGNORE_INDEX, Loss, with_auxiliary
 
 
 def distillation_sums(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
@@ -65,7 +65,8 @@ class DistillationLoss:
         with torch.no_grad(), precision:
             teacher_logits = self.teacher(x)
         total, ce, kd = distillation_sums(model(x), teacher_logits, y, self.temperature, self.alpha)
-        return Loss(total, {"ce": ce, "kd": kd})
+        # a mixture-of-experts student's router losses, as in training (the teacher, in eval mode, leaves none)
+        return with_auxiliary(model, batch, Loss(total, {"ce": ce, "kd": kd}))
 
 
 def check_pair(teacher_config: Any, student_config: Any) -> None:

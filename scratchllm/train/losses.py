@@ -11,7 +11,8 @@ that are not minimised (an expert's share of the tokens), summed the same way an
 
 Layers may leave auxiliary losses of their own in a training forward pass (the mixture of
 experts' router, ``model/moe.py``): a layer with ``pop_auxiliary()`` hands over (losses, figures),
-each a mean over the batch's tokens, a loss with its weight; ``next_token_loss`` adds them.
+each a mean over the batch's tokens, a loss with its weight; ``with_auxiliary`` adds them
+(``next_token_loss``, distillation).
 
 >>> import torch
 >>> from torch import nn
@@ -56,15 +57,24 @@ def loss_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
 
 def next_token_loss(model: nn.Module, batch: Batch) -> Loss:
     """The language-modelling loss: cross-entropy of every scored next token, summed; plus the
-    weighted auxiliary losses the model's layers left (``auxiliary_loss``), then with ``ce`` a term."""
+    weighted auxiliary losses the model's layers left (``with_auxiliary``), then with ``ce`` a term."""
     x, y = batch
     ce = loss_sum(model, x, y)
+    loss = with_auxiliary(model, batch, Loss(ce))
+    return Loss(loss.total, {"ce": ce, **loss.terms}, loss.metrics) if loss.terms or loss.metrics else loss
+
+
+def with_auxiliary(model: nn.Module, batch: Batch, loss: Loss) -> Loss:
+    """``loss`` (summed over the batch's scored tokens) plus the auxiliary losses the model's layers
+    left in the forward pass that made it (``auxiliary_loss``), summed over those tokens the same
+    way, each logged as a term; ``loss`` unchanged, with no terms, for a model that leaves none."""
     extra = auxiliary_loss(model)
     if not extra.terms and not extra.metrics:
-        return Loss(ce)
+        return loss
     units = scored_tokens(batch)  # the layers' means, summed over the units like the cross-entropy
-    return Loss(ce + extra.total * units, {"ce": ce, **{name: value * units for name, value in extra.terms.items()}},
-                {name: value * units for name, value in extra.metrics.items()})
+    return Loss(loss.total + extra.total * units,
+                {**loss.terms, **{name: value * units for name, value in extra.terms.items()}},
+                {**loss.metrics, **{name: value * units for name, value in extra.metrics.items()}})
 
 
 def auxiliary_loss(model: nn.Module) -> Loss:

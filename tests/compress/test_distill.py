@@ -90,3 +90,32 @@ def test_a_teacher_with_another_vocabulary_is_refused_in_one_line(byte_data, tmp
     assert code == 2 and len(err.splitlines()) == 1
     assert "vocabulary (300 ids) differs from the student's (258)" in err
     assert not (tmp_path / "s").exists()  # nothing written for a refused run
+
+
+def test_a_mixture_of_experts_student_adds_its_router_losses_as_training_does():
+    torch.manual_seed(0)
+    student = GPT(GPTConfig.preset("tiny", n_layers=1, ffn="moe", n_experts=4, moe_top_k=2, dropout=0.0)).train()
+    teacher = GPT(GPTConfig.preset("tiny", n_layers=1))
+    x = torch.randint(0, 512, (2, 8))
+    y = torch.roll(x, -1, 1)
+    y[1, 5:] = IGNORE_INDEX
+    router_in = []
+    moe = student.trf_blocks[0].ff
+    moe.router.register_forward_hook(lambda module, args, out: router_in.append(args[0].detach()))
+    loss = DistillationLoss(teacher, temperature=2.0, alpha=0.3)(student, (x, y))
+    # the router losses by hand (Switch eq. 4 and ST-MoE's z-loss), from the tokens the router saw
+    logits = router_in[0] @ moe.router.weight.detach().t()  # (16 tokens, 4 experts)
+    probs = logits.softmax(-1)
+    f = torch.bincount(probs.topk(2, dim=-1).indices.flatten(), minlength=4).float() / 32
+    balance = 4 * (f * probs.mean(0)).sum()
+    z = torch.logsumexp(logits, -1).square().mean()
+    units = 13  # scored targets
+    with torch.no_grad():
+        plain, ce, kd = distillation_sums(student(x), teacher(x), y, 2.0, 0.3)
+    torch.testing.assert_close(loss.total, plain + units * (0.01 * balance + 0.001 * z))
+    torch.testing.assert_close(loss.terms["balance"], units * balance)
+    torch.testing.assert_close(loss.terms["router_z"], units * z)
+    torch.testing.assert_close(loss.terms["kd"], kd)
+    assert set(loss.metrics) == {f"moe_load_l0_e{e}" for e in range(4)}
+    loss.total.backward()
+    assert moe.router.weight.grad is not None
