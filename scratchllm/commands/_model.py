@@ -28,6 +28,18 @@ def load_model_source(args: argparse.Namespace) -> tuple[Any, Any]:
     return load_checkpoint(args.checkpoint)
 
 
+def check_language_model(model: Any, tokenizer: Any, name: str, needs: str,
+                         hint: str = "label texts with `scratchllm classify --checkpoint ... --text ...`") -> None:
+    """Refuse a classifier (its replaced head scores classes, not next tokens) and weights with no
+    tokenizer, which cannot encode ``needs`` (what the command reads)."""
+    from scratchllm.errors import ScratchLLMError
+
+    if model.config.head_size is not None:
+        raise ScratchLLMError(f"{name} is a classifier ({model.config.head_size} outputs, not a vocabulary): {hint}")
+    if tokenizer is None:
+        raise ScratchLLMError(f"{name} holds no tokenizer, so {needs} cannot be encoded")
+
+
 def source_name(args: argparse.Namespace) -> str:
     """How messages name the model: its path or its name."""
     return args.checkpoint or args.model

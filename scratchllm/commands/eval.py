@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from scratchllm.commands._model import add_model_source
+from scratchllm.commands._model import add_model_source, check_language_model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
         model, tokenizer = load_checkpoint(found)
         state = found / STATE_FILE
         trained_in = read_json(state).get("precision", "fp32") if state.is_file() else "fp32"
-    if tokenizer is None:
-        raise ScratchLLMError(f"{found} holds no tokenizer, so the corpus cannot be encoded")
+    check_language_model(model, tokenizer, str(found), "the corpus")
     precision = args.precision or trained_in
     tokens = corpus_tokens(args.corpus, tokenizer, split=args.split, val_fraction=args.val_fraction,
                            cache_dir=args.cache_dir)

@@ -220,7 +220,7 @@ def run_instruct(args: argparse.Namespace) -> int:
     from dataclasses import asdict
     from pathlib import Path
 
-    from scratchllm.commands._model import load_model_source, source_name
+    from scratchllm.commands._model import check_language_model, load_model_source, source_name
     from scratchllm.errors import ScratchLLMError
     from scratchllm.fileio import atomic_write_json
     from scratchllm.finetune.instruct import RESULTS_FILE, InstructSettings, describe_losses, fine_tune
@@ -237,11 +237,8 @@ def run_instruct(args: argparse.Namespace) -> int:
     records = load_records(args.data, cache_dir=args.cache_dir)
     splits = book_split(records)
     model, tokenizer = load_model_source(args)
-    if model.config.head_size is not None:
-        raise ScratchLLMError(f"{source_name(args)} is a classifier ({model.config.head_size} outputs, not a "
-                              "vocabulary): instruction tuning starts from a language model")
-    if tokenizer is None:
-        raise ScratchLLMError(f"{source_name(args)} holds no tokenizer, so the records cannot be encoded")
+    check_language_model(model, tokenizer, source_name(args), "the records",
+                         hint="instruction tuning starts from a language model")
     print(f"{args.data}: {len(records):,} records; train {len(splits[0]):,}, validation {len(splits[1]):,}, "
           f"test {len(splits[2]):,}")
     result = fine_tune(model, tokenizer, splits, args.out, settings, resume=args.resume, progress=not args.quiet)

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scratchllm.commands._model import load_model_source, source_name
+    from scratchllm.commands._model import check_language_model, load_model_source, source_name
     from scratchllm.commands._text import special_mode, user_text
     from scratchllm.errors import ScratchLLMError
     from scratchllm.generate import check_sampling, stream
@@ -40,11 +40,7 @@ def run(args: argparse.Namespace) -> int:
     prompt = user_text(args.prompt, "--prompt")
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)  # before any output
     model, tokenizer = load_model_source(args)
-    if model.config.head_size is not None:  # a replaced head scores classes, not next tokens
-        raise ScratchLLMError(f"{source_name(args)} is a classifier ({model.config.head_size} outputs, not a "
-                              "vocabulary): label texts with `scratchllm classify --checkpoint ... --text ...`")
-    if tokenizer is None:
-        raise ScratchLLMError(f"{source_name(args)} holds no tokenizer, so the prompt cannot be encoded")
+    check_language_model(model, tokenizer, source_name(args), "the prompt")
     ids = tokenizer.encode_user_text(prompt, special_mode(args), "--prompt")
     if not ids:
         raise ScratchLLMError("the prompt is empty; give at least one character")

@@ -65,3 +65,12 @@ def test_generate_refuses_a_classifier(pretrained, tmp_path, capsys):
     assert main(["generate", "--checkpoint", str(tmp_path / "clf"), "--prompt", "the"]) == 2
     assert "is a classifier (2 outputs, not a vocabulary): label texts with `scratchllm classify" in \
         capsys.readouterr().err
+
+
+def test_eval_refuses_a_classifier(pretrained, tmp_path, capsys):
+    model, tokenizer = load_checkpoint(pretrained)
+    prepare_classifier(model, 3)
+    save_checkpoint(tmp_path / "clf", model, tokenizer, task={"kind": "classify", "labels": ["a", "b", "c"]})
+    (tmp_path / "text.txt").write_text("the quick brown fox " * 50)
+    assert main(["eval", "--checkpoint", str(tmp_path / "clf"), "--corpus", str(tmp_path / "text.txt")]) == 2
+    assert "is a classifier (3 outputs, not a vocabulary)" in capsys.readouterr().err
