@@ -75,10 +75,13 @@ METHODS = [
     Method("int8, GPTQ", _quantize(8, method="gptq"), "int8"),
     Method("int4 g128, round to nearest", _quantize(4, 128), "int4 g128"),
     Method("int4 g128, GPTQ", _quantize(4, 128, "gptq"), "int4 g128"),
+    Method("int4 g128, AWQ", _quantize(4, 128, "awq"), "int4 g128"),
     Method("int4 g64, round to nearest", _quantize(4, 64), "int4 g64"),
     Method("int4 g64, GPTQ", _quantize(4, 64, "gptq"), "int4 g64"),
+    Method("int4 g64, AWQ", _quantize(4, 64, "awq"), "int4 g64"),
     Method("int4 g32, round to nearest", _quantize(4, 32), "int4 g32"),
     Method("int4 g32, GPTQ", _quantize(4, 32, "gptq"), "int4 g32"),
+    Method("int4 g32, AWQ", _quantize(4, 32, "awq"), "int4 g32"),
     Method("int4 g128, round to nearest, float32 table", _quantize(4, 128, embeddings=False), "int4 g128 keep"),
     Method("int4 g128, GPTQ, float32 table", _quantize(4, 128, "gptq", embeddings=False), "int4 g128 keep"),
 ]

@@ -1,4 +1,4 @@
-"""``scratchllm quantize --checkpoint C --bits 8|4 [--group-size G] [--method rtn|gptq] --out Q``: a
+"""``scratchllm quantize --checkpoint C --bits 8|4 [--group-size G] [--method rtn|gptq|awq] --out Q``: a
 weight-only quantized copy of a checkpoint, which generate, eval and load_checkpoint read as any other."""
 
 from __future__ import annotations
@@ -10,19 +10,22 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "quantize",
-        help="store a checkpoint's weights as int8 or int4 (round to nearest or GPTQ)",
+        help="store a checkpoint's weights as int8 or int4 (round to nearest, GPTQ or AWQ)",
         description="Quantize every linear layer of --checkpoint (the output head too) and its token table: "
         "--bits 8 is int8 with one scale per output channel, --bits 4 is int4 with a scale and zero point per "
         "--group-size inputs, two codes a byte (scratchllm/compress/quantize.py). --method gptq compensates each "
-        "column's rounding error on the columns after it, using calibration text (scratchllm/compress/gptq.py). "
+        "column's rounding error on the columns after it, using calibration text (scratchllm/compress/gptq.py); "
+        "--method awq scales up the weights of inputs with large activations before rounding "
+        "(scratchllm/compress/awq.py). "
         "The result is a checkpoint folder of safetensors + JSON.",
     )
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint folder or a run folder (newest)")
     p.add_argument("--bits", required=True, type=int, choices=(8, 4), help="8 (per channel) or 4 (group-wise)")
     p.add_argument("--group-size", type=int, default=None, choices=(32, 64, 128), metavar="32|64|128",
                    help="inputs per int4 scale and zero point (default 128 for --bits 4; not used with 8)")
-    p.add_argument("--method", choices=("rtn", "gptq"), default="rtn",
-                   help="rtn: round to nearest (default); gptq: error-compensating, needs --calibration")
+    p.add_argument("--method", choices=("rtn", "gptq", "awq"), default="rtn",
+                   help="rtn: round to nearest (default); gptq: error-compensating; awq: activation-aware "
+                        "scales; gptq and awq need --calibration")
     p.add_argument("--calibration", metavar="NAME|PATH",
                    help="GPTQ's calibration text: a corpus name, a text file or folder, or a prepared data folder "
                    "(its training split is used)")
@@ -49,11 +52,11 @@ def run(args: argparse.Namespace) -> int:
 
     group_size = args.group_size or (128 if args.bits == 4 else None)
     check_bits(args.bits, group_size)  # before the checkpoint is read
-    if args.method == "gptq" and not args.calibration:
-        raise ScratchLLMError("--method gptq needs calibration text: give --calibration CORPUS (a few hundred "
-                              "kilobytes of the kind of text the model reads)")
-    if args.calibration and args.method != "gptq":
-        raise ScratchLLMError("--calibration is read by --method gptq only; round to nearest needs no data")
+    if args.method in ("gptq", "awq") and not args.calibration:
+        raise ScratchLLMError(f"--method {args.method} needs calibration text: give --calibration CORPUS (a few "
+                              "hundred kilobytes of the kind of text the model reads)")
+    if args.calibration and args.method == "rtn":
+        raise ScratchLLMError("--calibration is read by --method gptq and awq only; round to nearest needs no data")
     source = find_checkpoint(args.checkpoint)
     out = Path(args.out)
     if out.resolve() == source.resolve() or out.resolve() in source.resolve().parents:
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     check_replaceable(out, CONFIG_FILE, "a checkpoint", force=args.force)
     model, tokenizer = load_checkpoint(source)
     calibration = None
-    if args.method == "gptq":
+    if args.method in ("gptq", "awq"):
         if tokenizer is None:
             raise ScratchLLMError(f"{source} holds no tokenizer/ folder, so the calibration text cannot be encoded")
         tokens = corpus_tokens(args.calibration, tokenizer, split="train", cache_dir=args.cache_dir)

@@ -30,6 +30,8 @@ blocks produce, are quantized, and the block's quantized outputs feed the next b
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -52,19 +54,25 @@ BLOCK = 128
 
 
 class Hessian:
-    """H = 2 X^T X / n over every row that ``add`` sees (inputs (..., in) of one linear layer)."""
+    """H = 2 X^T X / n over every row that ``add`` sees (inputs (..., in) of one linear layer), and
+    the mean |x| of each input (AWQ's activation statistic)."""
 
     def __init__(self, n_in: int, device: torch.device | str | None = None) -> None:
         self.sum = torch.zeros(n_in, n_in, dtype=torch.float64, device=device)
+        self.abs_sum = torch.zeros(n_in, dtype=torch.float64, device=device)
         self.rows = 0
 
     def add(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).double()
         self.sum += x.T @ x
+        self.abs_sum += x.abs().sum(dim=0)
         self.rows += x.shape[0]
 
     def matrix(self) -> torch.Tensor:
         return (2 * self.sum / max(self.rows, 1)).float()
+
+    def mean_abs(self) -> torch.Tensor:
+        return (self.abs_sum / max(self.rows, 1)).float()
 
 
 def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | None = None, *,
@@ -149,7 +157,6 @@ class _Caught(Exception):
     """Raised by a hook to stop a forward pass once the first block's inputs are caught."""
 
 
-@torch.no_grad()
 def gptq_quantize_layers(model: nn.Module, calibration: torch.Tensor, bits: int, group_size: int | None = None, *,
                          batch_size: int = 8, progress: bool = False) -> list[str]:
     """Replace every ``nn.Linear`` of the blocks and the output head of ``model`` (a ``GPT``) by
@@ -157,6 +164,18 @@ def gptq_quantize_layers(model: nn.Module, calibration: torch.Tensor, bits: int,
 
     ``calibration`` (N, T) token ids run in batches of ``batch_size``, block by block (module docstring).
     """
+    def quantize(linear: nn.Linear, stats: Hessian) -> QuantizedLinear:
+        return QuantizedLinear.from_weight(gptq_weight(linear.weight, stats.matrix(), bits, group_size), linear.bias)
+    return calibrated_quantize(model, calibration, quantize, "gptq", batch_size=batch_size, progress=progress)
+
+
+@torch.no_grad()
+def calibrated_quantize(model: nn.Module, calibration: torch.Tensor,
+                        quantize: Callable[[nn.Linear, Hessian], QuantizedLinear], method: str, *,
+                        batch_size: int = 8, progress: bool = False) -> list[str]:
+    """Replace every ``nn.Linear`` of the blocks and the output head of ``model`` by
+    ``quantize(linear, stats of its calibration inputs)``, marked ``method``, block by block
+    (module docstring); returns the names done. Shared by GPTQ and AWQ."""
     if calibration.shape[0] < batch_size:
         raise ScratchLLMError(f"the calibration set holds {calibration.shape[0]} windows, fewer than one batch of "
                               f"{batch_size}: give more calibration windows, or a smaller --batch-size")
@@ -180,27 +199,27 @@ def gptq_quantize_layers(model: nn.Module, calibration: torch.Tensor, bits: int,
         handle.remove()
     rope, mask = caught["args"][1], caught["args"][2]  # the same positions in every window
     done = []
-    for layer, block in enumerate(tqdm(model.trf_blocks, desc="gptq", unit="block", disable=not progress)):
+    for layer, block in enumerate(tqdm(model.trf_blocks, desc=method, unit="block", disable=not progress)):
         prefix = f"trf_blocks.{layer}."
         linears = {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
         hessians = _collect(linears, lambda block=block, layer=layer, inputs=inputs:
                             [block(x, rope, mask, None, layer) for x in inputs])
         for name, linear in linears.items():
-            _quantize_into(block, name, linear, hessians[name], bits, group_size)
+            _quantize_into(block, name, quantize(linear, hessians[name]), method)
             done.append(prefix + name)
         inputs = [block(x, rope, mask, None, layer) for x in inputs]  # what the quantized block passes on
     if isinstance(model.out_head, nn.Linear):
         hessian = Hessian(model.out_head.in_features, model.device)
         for x in inputs:
             hessian.add(model.final_norm(x))  # the head's input (no need to compute the logits)
-        _quantize_into(model, "out_head", model.out_head, hessian.matrix(), bits, group_size)
+        _quantize_into(model, "out_head", quantize(model.out_head, hessian), method)
         done.append("out_head")
     model.train(was_training)
     return done
 
 
-def _collect(linears: dict[str, nn.Linear], run) -> dict[str, torch.Tensor]:
-    """The Hessian of each layer's inputs while ``run()`` runs."""
+def _collect(linears: dict[str, nn.Linear], run) -> dict[str, Hessian]:
+    """The Hessian (and mean |x|) of each layer's inputs while ``run()`` runs."""
     hessians = {name: Hessian(m.in_features, m.weight.device) for name, m in linears.items()}
     hooks = [m.register_forward_hook(lambda mod, args, out, h=hessians[name]: h.add(args[0]))
              for name, m in linears.items()]
@@ -209,12 +228,10 @@ def _collect(linears: dict[str, nn.Linear], run) -> dict[str, torch.Tensor]:
     finally:
         for hook in hooks:
             hook.remove()
-    return {name: h.matrix() for name, h in hessians.items()}
+    return hessians
 
 
-def _quantize_into(parent: nn.Module, name: str, linear: nn.Linear, hessian: torch.Tensor, bits: int,
-                   group_size: int | None) -> None:
-    layer = QuantizedLinear.from_weight(gptq_weight(linear.weight, hessian, bits, group_size), linear.bias)
-    layer.method = "gptq"
+def _quantize_into(parent: nn.Module, name: str, layer: QuantizedLinear, method: str) -> None:
+    layer.method = method
     owner_name, _, child = name.rpartition(".")
     setattr(parent.get_submodule(owner_name) if owner_name else parent, child, layer)

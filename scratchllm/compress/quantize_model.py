@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from scratchllm.compress.awq import awq_quantize_layers
 from scratchllm.compress.gptq import gptq_quantize_layers
 from scratchllm.compress.quantize import check_bits, check_width, quantize_weight
 from scratchllm.compress.quantized_layers import KERNELS, QuantizedEmbedding, QuantizedLinear
@@ -40,7 +41,7 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.finetune.lora import lora_layers
 from scratchllm.model.surgery import replace_linears
 
-METHODS = ("rtn", "gptq")
+METHODS = ("rtn", "gptq", "awq")
 SPEC_VERSION = 1
 
 
@@ -49,7 +50,7 @@ def quantize_model(model: nn.Module, bits: int, group_size: int | None = None, *
                    progress: bool = False) -> dict[str, Any]:
     """Quantize ``model`` (a ``GPT``) in place and return its ``quantization_spec``.
 
-    ``calibration``: (N, T) token ids for ``gptq`` (N at least ``batch_size``; see
+    ``calibration``: (N, T) token ids for ``gptq`` and ``awq`` (N at least ``batch_size``; see
     ``scratchllm.compress.gptq.calibration_windows``).
     """
     check_bits(bits, group_size)
@@ -70,8 +71,8 @@ def quantize_model(model: nn.Module, bits: int, group_size: int | None = None, *
     tied = model.out_head.weight is model.tok_emb.weight
     if embeddings and not tied:
         check_width("tok_emb", model.tok_emb.embedding_dim, group_size)
-    if method == "gptq" and calibration is None:
-        raise ScratchLLMError("--method gptq needs calibration text: give --calibration CORPUS")
+    if method in ("gptq", "awq") and calibration is None:
+        raise ScratchLLMError(f"--method {method} needs calibration text: give --calibration CORPUS")
     # The table first, so that GPTQ calibrates the blocks on the embeddings the model will really read.
     if embeddings and tied:  # the shared matrix, rounded to nearest (module docstring)
         model.out_head = QuantizedLinear.from_linear(model.out_head, bits, group_size)
@@ -80,13 +81,15 @@ def quantize_model(model: nn.Module, bits: int, group_size: int | None = None, *
         model.tok_emb = QuantizedEmbedding.from_weight(quantize_weight(model.tok_emb.weight, bits, group_size))
     if method == "gptq":
         gptq_quantize_layers(model, calibration, bits, group_size, batch_size=batch_size, progress=progress)
+    elif method == "awq":
+        awq_quantize_layers(model, calibration, bits, group_size, batch_size=batch_size, progress=progress)
     replace_linears(model, lambda name, linear: QuantizedLinear.from_linear(linear, bits, group_size))
     return quantization_spec(model)
 
 
 def quantization_spec(model: nn.Module) -> dict[str, Any] | None:
     """What ``quantize_model`` did to ``model`` (None: nothing), as JSON for config.json:
-    ``{"bits", "group_size", "layers": {name: "rtn"|"gptq"}, "embedding": "tied"|"own"|None}``."""
+    ``{"bits", "group_size", "layers": {name: "rtn"|"gptq"|"awq"}, "embedding": "tied"|"own"|None}``."""
     layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
     if not layers:
         return None
@@ -117,6 +120,8 @@ def apply_quantization_spec(model: nn.Module, spec: dict[str, Any]) -> None:
         layer = QuantizedLinear(linear.in_features, linear.out_features, linear.bias is not None, bits, group_size,
                                 device=linear.weight.device)
         layer.method = layers[name]
+        if layer.method == "awq":  # its per-input scales, filled by the state dict
+            layer.input_scale = torch.empty(linear.in_features, device=linear.weight.device)
         return layer
 
     replace_linears(model, empty, where=lambda name, linear: name in layers)

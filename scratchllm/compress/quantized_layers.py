@@ -74,8 +74,10 @@ class QuantizedLinear(nn.Module):
             self.register_buffer("bias", torch.empty(out_features, device=device))
         else:
             self.register_buffer("bias", None)
+        # AWQ's per-input scales s (in,): the integers hold W diag(s), the layer computes with W' diag(1/s)
+        self.register_buffer("input_scale", None)
         self.kernel = "auto"
-        self.method = "rtn"  # how the integers were chosen: round to nearest, or "gptq"
+        self.method = "rtn"  # how the integers were chosen: round to nearest, "gptq" or "awq"
         self._packed = None  # fbgemm's packed weights, made on the first fbgemm call
 
     @classmethod
@@ -100,8 +102,10 @@ class QuantizedLinear(nn.Module):
         return QuantizedWeight(self.q, self.scales, self.zeros, self.bits, self.group_size)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """W' (out, in) in ``dtype``: what the layer multiplies by (inspection, the fallback)."""
-        return self.weight_quantized.dequantize(dtype=dtype)
+        """W' (out, in) in ``dtype``: what the layer multiplies by (inspection, the fallback);
+        with AWQ's ``input_scale`` s, the stored integers' W' diag(1/s)."""
+        w = self.weight_quantized.dequantize(dtype=dtype)
+        return w / self.input_scale.to(dtype) if self.input_scale is not None else w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         if self._use_fbgemm(x):
@@ -128,9 +132,9 @@ class QuantizedLinear(nn.Module):
 
     def _prepack(self):
         """fbgemm's packed int8 weights (per output channel, zero points 0) and the bias."""
-        if self.bits == 8:
+        if self.bits == 8 and self.input_scale is None:
             q, scales = self.q, self.scales
-        else:  # the int4 weights, once, re-quantized to int8 per output channel (no fast int4 kernel here)
+        else:  # int4 (no fast int4 kernel here) or AWQ's W' diag(1/s), once, re-quantized to int8 per output channel
             w = self.dequantized_weight()
             scales = int8_scales(w)
             q = int8_codes(w, scales)

@@ -113,6 +113,7 @@ def test_quantize_generate_and_eval_from_the_command_line(tmp_path, float_checkp
     (["--bits", "8", "--out", "{t}/again"], "the model is already quantized (int4, group size 32)"),
     (["--bits", "8", "--group-size", "64", "--out", "{t}/x"], "int8 has one scale per output channel"),
     (["--bits", "4", "--method", "gptq", "--out", "{t}/x"], "--method gptq needs calibration text"),
+    (["--bits", "4", "--method", "awq", "--out", "{t}/x"], "--method awq needs calibration text"),
     (["--bits", "4", "--method", "gptq", "--calibration", "{t}/text.txt", "--calibration-windows", "2", "--out",
       "{t}/x"], "fewer than one batch of 8"),
     (["--bits", "4", "--out", "{t}/q4"], "would replace the checkpoint being quantized"),
