@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 import http.server
-import threading
 from pathlib import Path
 
 import pytest
 import reference_data
+from loopback import LoopbackServer
 
 from scratchllm.data.corpora import corpus_files
 
@@ -39,7 +39,7 @@ def works_text(works) -> str:
     return "".join(path.read_text(encoding="utf-8") for path in sorted(works))
 
 
-class LocalServer:
+class LocalServer(LoopbackServer):
     """A local HTTP server on 127.0.0.1 serving a folder, counting requests."""
 
     def __init__(self, root: Path):
@@ -54,13 +54,7 @@ class LocalServer:
                 outer.requests += 1
                 super().do_GET()
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=root))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(functools.partial(Handler, directory=root))
 
 
 @pytest.fixture

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import torch
+from loopback import LoopbackServer
 
 REPO = "someone/tiny-gpt2"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-class FakeHub:
+class FakeHub(LoopbackServer):
     """``/{owner}/{name}/resolve/{revision}/{file}`` for the repositories given (repo id -> folder)."""
 
     def __init__(self, repos: dict[str, Path]):
@@ -56,13 +56,7 @@ class FakeHub:
             def do_GET(self):
                 self._answer(body=True)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 def tiny_gpt2_hub(tmp_path: Path, gpt2_files: tuple[Path, Path]) -> FakeHub:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import io
 import json
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
+from loopback import LoopbackServer
 from test_instruct import task_records, tiny_model
 
 from scratchllm.checkpoint import load_checkpoint, read_task, save_checkpoint
@@ -23,7 +23,7 @@ from scratchllm.tokenizer import BPETokenizer
 ch07 = pytest.importorskip("llms_from_scratch.ch07")
 
 
-class Judge:
+class Judge(LoopbackServer):
     """An OpenAI-compatible chat endpoint on 127.0.0.1 that records each prompt and replies from a list."""
 
     def __init__(self, replies):
@@ -48,13 +48,7 @@ class Judge:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler, path="/v1")
 
 
 @pytest.fixture(autouse=True)
