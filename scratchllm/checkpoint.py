@@ -215,7 +215,18 @@ def load_training_state(ckpt: Path, optimizer: torch.optim.Optimizer) -> dict[st
         optimizer.load_state_dict(state)
     except (ValueError, KeyError) as err:
         raise ScratchLLMError(f"{ckpt / OPTIMIZER_FILE} does not match this model's optimizer: {err}") from None
+    _lay_out_like_parameters(optimizer)
     return read_json(ckpt / STATE_FILE)
+
+
+def _lay_out_like_parameters(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (Adam's moments) its parameter's strides, as it had
+    when saved: the files hold row-major tensors, and an update over mixed layouts takes other
+    kernels whose float rounding differs, so the resumed run would drift from the unbroken one."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def read_optimizer_state(ckpt: Path) -> dict[str, Any]:

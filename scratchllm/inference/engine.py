@@ -123,32 +123,6 @@ def check_fits(model: nn.Module, n_prompt: int, settings: SamplingSettings, max_
     )
 
 
-class _TransposedHead:
-    """A plain ``nn.Linear`` output head applied as ``h @ W.T`` from a copy of ``W.T`` laid out
-    (in, out). On a CPU, MKL's matrix-vector product is about 1.7x faster in that layout than in
-    nn.Linear's (out, in): 8.4 against 14.7 ms per token for GPT-2's 50257 x 768 head, a sixth
-    of a 124M decode step (docs/benchmarks.md, "Generation"). The copy costs one more head's
-    memory for the engine's life; the engine's model does not train meanwhile."""
-
-    def __init__(self, head: nn.Linear) -> None:
-        self.weight_t = head.weight.detach().t().contiguous()  # (d_model, vocab)
-        self.bias = None if head.bias is None else head.bias.detach()
-
-    def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        logits = h @ self.weight_t  # (n, d_model) @ (d_model, vocab)
-        return logits if self.bias is None else logits + self.bias
-
-
-def _decode_head(model: nn.Module) -> _TransposedHead | None:
-    """The faster head for decode steps on a CPU, where the model's head is a plain ``nn.Linear``
-    (a LoRA, quantized or replaced head keeps its own forward)."""
-    head = getattr(model, "out_head", None)
-    if type(head) is nn.Linear and type(head.weight.data) is torch.Tensor and head.weight.device.type == "cpu" \
-            and head.weight.dtype == torch.float32:  # (not a DTensor shard of a sharded model)
-        return _TransposedHead(head)
-    return None
-
-
 class Engine:
     """Batched generation for sequences that come and go; see the module docstring.
 
@@ -176,7 +150,6 @@ class Engine:
         self.device = model.device
         with torch.inference_mode():
             self.cache = model.new_cache(max_batch, self.max_len)
-            self._head = _decode_head(model)
         self._rows: list[_Sequence] = []  # running: row i of the cache is self._rows[i]'s slot
         self._waiting: deque[_Sequence] = deque()
         self._next_sid = 0
@@ -290,10 +263,7 @@ class Engine:
         if min(cols) != width - 1:  # row i reads columns [0, c_i]: (n, 1, 1, width)
             mask = (torch.arange(width, device=self.device) <= columns)[:, None, None, :]
         view = _Rows(self.cache, slice(0, len(self._rows)), columns, width)
-        if self._head is None:
-            return self.model(ids, cache=view, positions=columns, mask=mask, last_only=True)[:, -1]
-        h = self.model(ids, cache=view, positions=columns, mask=mask, last_only=True, hidden=True)[:, -1]
-        return self._head(h)
+        return self.model(ids, cache=view, positions=columns, mask=mask, last_only=True)[:, -1]
 
     @torch.inference_mode()  # the cache is an inference tensor (cancel runs outside a step)
     def _release(self, row: int) -> None:

@@ -34,6 +34,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import fully_shard
 
+from scratchllm.model import contiguous_weights
+
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
@@ -41,6 +43,7 @@ def shard_model(model: nn.Module) -> nn.Module:
     """Shard ``model`` in place over the default process group: each of its transformer blocks
     (``model.trf_blocks``) as one unit, then the rest (embeddings, final norm, head) as the root.
     Its parameters become ``DTensor`` shards; build the optimizer after."""
+    contiguous_weights(model)  # FSDP shards rows of row-major parameters only
     for block in model.trf_blocks:
         fully_shard(block)
     fully_shard(model)
