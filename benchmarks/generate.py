@@ -24,7 +24,7 @@ import transformers
 
 from scratchllm.generate import generate, stream
 from scratchllm.interop import load_hf_gpt2
-from scratchllm.model import GPT, GPTConfig
+from scratchllm.model import GPT, GPTConfig, lay_out_weights
 
 
 def timed(fn) -> tuple[float, object]:
@@ -83,7 +83,7 @@ def window_ms_per_token(batch: int = 1, prompt_tokens: int = 16, new_tokens: int
     past its context with ``crop=True``: mean ms/token of the steps whose text still fits the
     context (the KV cache serves) and of the steps after the window filled (recompute)."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig.preset("demo", vocab_size=4096)).eval()
+    model = lay_out_weights(GPT(GPTConfig.preset("demo", vocab_size=4096)).eval())  # as scratchllm generate
     ctx = model.config.context_length
     prompt = torch.randint(0, 4096, (batch, prompt_tokens), generator=torch.Generator().manual_seed(1))
     list(stream(model, prompt, 8, crop=True))  # warm-up
@@ -115,7 +115,7 @@ def main() -> None:
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()  # gpt2-124m shape, random weights
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
-        ours = load_hf_gpt2(tmp)
+        ours = lay_out_weights(load_hf_gpt2(tmp))  # the decode layout, as scratchllm generate loads it
     prompt = torch.randint(0, 50257, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(1))
     generate(ours, prompt, 4)  # warm-up: first-call allocations and kernel selection
     hf_generate(hf, prompt, 4)

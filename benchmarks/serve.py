@@ -34,7 +34,7 @@ from reference_files import gpt2_files
 
 from scratchllm.data.corpora import corpus_files
 from scratchllm.generate import generate
-from scratchllm.model import GPT, GPTConfig
+from scratchllm.model import GPT, GPTConfig, lay_out_weights
 from scratchllm.presets import get as get_preset
 from scratchllm.tokenizer import ENDOFTEXT, BPETokenizer
 
@@ -56,7 +56,7 @@ def build(shape: str) -> tuple[GPT, BPETokenizer]:
         tokenizer = BPETokenizer.train(text, vocab_size=get_preset(shape).vocab_size, progress=False)
     torch.manual_seed(0)
     overrides = {"vocab_size": tokenizer.vocab_size, "dropout": 0.0}
-    return GPT(GPTConfig.preset(shape, **overrides)).eval(), tokenizer
+    return lay_out_weights(GPT(GPTConfig.preset(shape, **overrides)).eval()), tokenizer  # as scratchllm serve
 
 
 def serve_child(shape: str, port: int, max_len: int, threads: int | None) -> None:

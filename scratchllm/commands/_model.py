@@ -17,15 +17,22 @@ def add_model_source(parser: argparse.ArgumentParser, checkpoint_help: str) -> N
     source.add_argument("--model", metavar="NAME", help=MODEL_HELP)
 
 
-def load_model_source(args: argparse.Namespace) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` of ``--checkpoint`` or ``--model``."""
+def load_model_source(args: argparse.Namespace, *, decoding: bool = False) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of ``--checkpoint`` or ``--model``; ``decoding``: for generation only
+    (not training), so its weights take the faster decode layout (``scratchllm.model.lay_out_weights``)."""
     if getattr(args, "model", None):
         from scratchllm.interop.hub import load_pretrained
 
-        return load_pretrained(args.model)
-    from scratchllm.checkpoint import load_checkpoint
+        model, tokenizer = load_pretrained(args.model)
+    else:
+        from scratchllm.checkpoint import load_checkpoint
 
-    return load_checkpoint(args.checkpoint)
+        model, tokenizer = load_checkpoint(args.checkpoint)
+    if decoding:
+        from scratchllm.model import lay_out_weights
+
+        lay_out_weights(model)
+    return model, tokenizer
 
 
 def check_language_model(model: Any, tokenizer: Any, name: str, needs: str,

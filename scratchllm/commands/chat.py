@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     stored = checkpoint_template(args.checkpoint) if args.checkpoint else None  # a classifier is refused, by name
     template = get_template(args.template) if args.template else stored or get_template(DEFAULT_TEMPLATE)
-    model, tokenizer = load_model_source(args)
+    model, tokenizer = load_model_source(args, decoding=True)
     if tokenizer is None:
         raise ScratchLLMError(f"{source_name(args)} holds no tokenizer, so messages cannot be encoded")
     interactive = sys.stdin.isatty()

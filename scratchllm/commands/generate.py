@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     prompt = user_text(args.prompt, "--prompt")
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)  # before any output
-    model, tokenizer = load_model_source(args)
+    model, tokenizer = load_model_source(args, decoding=True)
     check_language_model(model, tokenizer, source_name(args), "the prompt")
     ids = tokenizer.encode_user_text(prompt, special_mode(args), "--prompt")
     if not ids:

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     # None: a base model, as pretrained GPT-2 weights are (its chat endpoint answers 400)
     template = checkpoint_template(args.checkpoint) if args.checkpoint else None
-    model, tokenizer = load_model_source(args)
+    model, tokenizer = load_model_source(args, decoding=True)
     if tokenizer is None:
         raise ScratchLLMError(f"{source_name(args)} holds no tokenizer, so prompts cannot be encoded")
     name = args.name or (Path(args.checkpoint).resolve().name if args.checkpoint else args.model)

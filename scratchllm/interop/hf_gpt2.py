@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.fileio import atomic_path, read_json
-from scratchllm.model import GPT, GPTConfig, lay_out_weights
+from scratchllm.model import GPT, GPTConfig
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -175,7 +175,7 @@ def load_hf_gpt2(directory: str | os.PathLike, dtype: torch.dtype | None = None)
         state["out_head.weight"] = state["tok_emb.weight"]
     model.load_state_dict(state, assign=True)
     model.tie_weights()  # assign=True gave each name its own Parameter
-    return lay_out_weights(model).eval()
+    return model.eval()
 
 
 def save_hf_gpt2(model: GPT, directory: str | os.PathLike, tokenizer=None) -> Path:

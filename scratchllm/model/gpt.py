@@ -26,7 +26,6 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.model import registry
 from scratchllm.model.attention import KVCache, causal_mask
 from scratchllm.model.config import CHOICES, GPTConfig
-from scratchllm.model.layout import lay_out_weights
 from scratchllm.model.registry import register
 
 
@@ -80,7 +79,6 @@ class GPT(nn.Module):
             self.out_head = nn.Linear(config.d_model, config.head_size, bias=True)
         self.tie_weights()
         self.init_weights()
-        lay_out_weights(self)  # faster decoding on a CPU; the shapes stay nn.Linear's (layout.py)
         self.set_impl(config.impl)
 
     def tie_weights(self) -> None:

@@ -5,8 +5,15 @@ One token's decode step multiplies a single vector by every weight, and on a CPU
 matrix-vector product runs faster over a weight whose longer side is contiguous: for GPT-2
 124M on 2 cores, 1.92 against 2.49 ms per block for nn.Linear's row-major (out, in), and
 7.3 against 13.3 ms for the 50257 x 768 head (docs/benchmarks.md, "The open core, before and
-after"). Only the strides change, so every tool that reads ``nn.Linear`` still applies; FSDP
-wants contiguous parameters and gets them back with ``contiguous_weights``.
+after"). Only the strides change, so every tool that reads ``nn.Linear`` still applies.
+
+A GPT is built row-major, as torch builds every ``nn.Linear``, and trains that way: the other
+layout takes other matrix kernels whose float rounding differs, and the speedrun preset's
+validation loss came out 0.010 worse on average over 5 seeds when it trained in it (unexplained;
+docs/benchmarks.md). So the decode layout is applied where training is over: ``scratchllm
+generate``, ``chat`` and ``serve`` load their model with it; from Python, call
+``lay_out_weights(model)`` before generating. FSDP wants contiguous parameters and gets them back
+with ``contiguous_weights``.
 """
 
 from __future__ import annotations

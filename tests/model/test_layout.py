@@ -1,10 +1,14 @@
 """model/layout.py: every linear weight keeps nn.Linear's shape and values, with its longer side
-contiguous, and the model computes what the row-major model computes."""
+contiguous, and the model computes what the row-major model computes; the decoding commands
+load their model in that layout."""
+
+import argparse
 
 import torch
 from torch import nn
 
 from scratchllm.checkpoint import load_checkpoint, save_checkpoint
+from scratchllm.commands._model import load_model_source
 from scratchllm.model import GPT, GPTConfig, contiguous_weights, lay_out_weights
 
 
@@ -19,7 +23,7 @@ def _long_side_contiguous(weight: torch.Tensor) -> bool:
 
 def test_every_linear_of_a_gpt_stores_its_longer_side_contiguously():
     for tied in (True, False):
-        model = GPT(_config(tie_embeddings=tied))
+        model = lay_out_weights(GPT(_config(tie_embeddings=tied)))
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         assert any(m.out_features > m.in_features for m in linears)
         assert any(m.out_features < m.in_features for m in linears)
@@ -29,9 +33,10 @@ def test_every_linear_of_a_gpt_stores_its_longer_side_contiguously():
 
 def test_the_layout_changes_strides_not_values_or_outputs():
     torch.manual_seed(0)
-    model = GPT(_config()).eval()
+    model = lay_out_weights(GPT(_config()).eval())
     row_major = GPT(_config()).eval()
     row_major.load_state_dict(model.state_dict())
+    assert all(p.is_contiguous() for p in row_major.parameters())  # what a GPT is built with
     contiguous_weights(row_major)
     assert all(p.is_contiguous() for p in row_major.parameters())
     assert not all(p.is_contiguous() for p in model.parameters())
@@ -43,7 +48,7 @@ def test_the_layout_changes_strides_not_values_or_outputs():
 
 def test_training_keeps_the_layout_and_a_checkpoint_round_trips(tmp_path):
     torch.manual_seed(0)
-    model = GPT(_config())
+    model = lay_out_weights(GPT(_config()))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     idx = torch.randint(0, model.config.vocab_size, (2, 9))
     model(idx).sum().backward()
@@ -52,6 +57,15 @@ def test_training_keeps_the_layout_and_a_checkpoint_round_trips(tmp_path):
     assert head.grad.stride() == head.stride()  # autograd writes gradients in the parameter's layout
     assert _long_side_contiguous(head)
     loaded, _ = load_checkpoint(save_checkpoint(tmp_path / "ckpt", model))
-    assert all(_long_side_contiguous(m.weight) for m in loaded.modules() if isinstance(m, nn.Linear))
     for ours, theirs in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(ours, theirs)
+
+
+def test_the_decoding_commands_load_the_decode_layout(tmp_path):
+    save_checkpoint(tmp_path / "ckpt", GPT(_config()))
+    args = argparse.Namespace(checkpoint=tmp_path / "ckpt", model=None)
+    for decoding in (True, False):
+        model, _ = load_model_source(args, decoding=decoding)
+        linears = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+        assert all(_long_side_contiguous(w) for w in linears) == decoding
+        assert all(w.is_contiguous() for w in linears) != decoding
