@@ -1,10 +1,16 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
+from fake_hub import REPO, tiny_gpt2_hub
 from sharp_models import book_generate, sharp_model
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.generate import generate, sample_next, stream
 from scratchllm.model import GPT, GPTConfig
+from scratchllm.tokenizer import BPETokenizer
 
 POSITIONS = ["learned", "sinusoidal", "rope", "none"]
 
@@ -141,8 +147,6 @@ def test_learned_positions_generate_past_the_context_with_a_sliding_window(use_c
 def test_cli_streams_the_greedy_continuation_and_stops_at_endoftext(tmp_path, gpt2_files, capsys):
     from scratchllm.checkpoint import save_checkpoint
     from scratchllm.cli import main
-    from scratchllm.tokenizer import BPETokenizer
-
     tok = BPETokenizer.from_gpt2_files(*gpt2_files)
     torch.manual_seed(0)
     model = GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size, d_model=32, n_heads=2))
@@ -175,3 +179,25 @@ def test_seeded_rows_of_a_batch_each_equal_their_row_alone_with_seed_plus_b(use_
     batch = generate(model, prompts, 12, temperature=1.0, top_k=30, seed=4, use_cache=use_cache)
     assert batch == [generate(model, [p], 12, temperature=1.0, top_k=30, seed=4 + b)[0] for b, p in enumerate(prompts)]
     assert batch[0] != batch[2]  # the same prompt, its own generator: a different sample
+
+
+def test_cli_generates_from_pretrained_weights_by_name_with_transformers_greedy_text(tmp_path, gpt2_files):
+    pytest.importorskip("transformers")
+    hub = tiny_gpt2_hub(tmp_path, gpt2_files)
+    try:
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "hub-cache")}
+        command = ["generate", "--model", REPO, "--prompt", "Hello, world!", "--max-new-tokens", "8",
+                   "--temperature", "0"]
+        done = subprocess.run([sys.executable, "-m", "scratchllm", *command], env=env, capture_output=True, text=True,
+                              timeout=300)
+    finally:
+        hub.close()
+    assert done.returncode == 0, done.stderr
+    tokenizer = BPETokenizer.from_gpt2_files(*gpt2_files)
+    ids = torch.tensor([tokenizer.encode("Hello, world!")])
+    with torch.no_grad():  # transformers' own greedy loop over the same weights is the oracle
+        new = hub.reference.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=50256,
+                                     pad_token_id=50256)[0, ids.shape[1]:].tolist()
+    if 50256 in new:
+        new = new[: new.index(50256)]
+    assert done.stdout == "Hello, world!" + tokenizer.decode(new) + "\n"
