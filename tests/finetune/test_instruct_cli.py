@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 import sys
 from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
+from fake_hub import REPO, tiny_gpt2_hub
 from loopback import LoopbackServer
 from test_instruct import task_records, tiny_model
 
@@ -18,6 +21,7 @@ from scratchllm.cli import main
 from scratchllm.finetune.classify import prepare_classifier
 from scratchllm.finetune.instruct import respond
 from scratchllm.finetune.templates import END_OF_TURN, Conversation, Exchange, get_template, instruct_task
+from scratchllm.interop import load_hf_gpt2
 from scratchllm.tokenizer import BPETokenizer
 
 ch07 = pytest.importorskip("llms_from_scratch.ch07")
@@ -157,3 +161,19 @@ def test_finetune_dpo_from_the_instruction_tuned_run(pretrained, tmp_path, capsy
     assert "40 pairs; train 34, validation 2, test 4; template chat, beta 0.1" in out
     assert "val: loss 0.6931 -> " in out
     assert read_task(tmp_path / "dpo") == {"kind": "instruct", "template": "chat", "method": "dpo"}
+
+
+def test_chat_talks_to_pretrained_weights_by_name_as_the_engine_answers(tmp_path, gpt2_files):
+    pytest.importorskip("transformers")
+    hub = tiny_gpt2_hub(tmp_path, gpt2_files)
+    try:
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "hub-cache")}
+        command = ["chat", "--model", REPO, "--template", "chat", "--max-new-tokens", "5", "--temperature", "0"]
+        done = subprocess.run([sys.executable, "-m", "scratchllm", *command], input="Hi\n", env=env,
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        hub.close()
+    assert done.returncode == 0, done.stderr
+    model, tokenizer = load_hf_gpt2(tmp_path / "repo"), BPETokenizer.from_gpt2_files(*gpt2_files)
+    answer = respond(model, tokenizer, get_template("chat"), [Conversation((Exchange("Hi"),))], max_new_tokens=5)[0]
+    assert "".join(done.stdout.split()) == "".join(answer.split()) and answer.strip()
