@@ -124,9 +124,7 @@ def decode_cost(model: GPT, context: int, steps: int = 16) -> tuple[float, int]:
     for t in range(context, context + steps):
         model(idx[:, t : t + 1], cache=cache, last_only=True)
     ms = 1e3 * (time.perf_counter() - begin) / steps
-    state = sum(layer.nbytes for layer in cache.layers if hasattr(layer, "nbytes"))
-    kv = sum(block.attention.cache_values_per_token for block in model.trf_blocks) * 4 * context
-    return ms, state + kv
+    return ms, model.memory_estimate(seq_len=context)["kv_cache"]  # what a cache of this context holds
 
 
 def decode_table(args) -> None:

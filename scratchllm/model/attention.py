@@ -92,6 +92,11 @@ class LayerKV:
         self.v[r, :, columns] = v.transpose(1, 2)
         return self.k[rows, :, :width], self.v[rows, :, :width]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes this layer's cache holds for all its rows."""
+        return self.k.nbytes + self.v.nbytes
+
     def move_row(self, src: int, dst: int, length: int) -> None:
         """Copy the first ``length`` positions of cache row ``src`` into row ``dst``."""
         self.k[dst, :, :length] = self.k[src, :, :length]
@@ -119,6 +124,11 @@ class KVCache:
     @property
     def max_len(self) -> int:
         return min(layer.max_len for layer in self.layers)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the whole cache holds (every layer's keys and values, or state)."""
+        return sum(layer.nbytes for layer in self.layers)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, heads, T, hd) after the filled positions; return all keys and values so far."""
@@ -181,11 +191,6 @@ class MultiHeadAttention(nn.Module):
     def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> LayerKV:
         """This layer's slot in a ``KVCache``: the keys and values of its KV heads."""
         return LayerKV(batch_size, self.n_kv_heads, max_len, self.head_dim, device, dtype)
-
-    @property
-    def cache_values_per_token(self) -> int:
-        """Numbers a cache stores per token for this layer (a key and a value per KV head)."""
-        return 2 * self.n_kv_heads * self.head_dim
 
     def residual_projections(self) -> list[nn.Linear]:
         """The layers that write into the residual stream (GPT-2 scales their init)."""

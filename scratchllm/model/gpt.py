@@ -241,16 +241,23 @@ class GPT(nn.Module):
 
     def memory_estimate(self, batch_size: int = 1, seq_len: int | None = None, bytes_per_value: int = 4) -> dict:
         """Bytes needed, approximately: weights; training state (weights, gradients and AdamW's
-        two moments: 4x the weights); KV cache for ``batch_size`` sequences of ``seq_len``;
-        training activations (Korthikanti et al. 2022: L B T d (34 + 5 H T / d) at 2 bytes)."""
+        two moments: 4x the weights); the cache of ``batch_size`` sequences of ``seq_len`` (exact:
+        each layer's own cache, built on the meta device: keys and values, a sliding window's
+        ring, a state-space layer's state); training activations (Korthikanti et al. 2022:
+        L B T d (34 + 5 H T / d) at 2 bytes)."""
         cfg = self.config
         T = seq_len or cfg.context_length
+        if bytes_per_value not in _FLOAT_OF_SIZE:
+            raise ScratchLLMError(f"bytes_per_value must be one of {sorted(_FLOAT_OF_SIZE)}, got {bytes_per_value}")
         weights = self.num_params() * bytes_per_value
         per_layer_acts = batch_size * T * cfg.d_model * (34 + 5 * cfg.n_heads * T / cfg.d_model) / 2
+        dtype = _FLOAT_OF_SIZE[bytes_per_value]
         return {
             "weights": weights,
             "training_state": 4 * weights,
-            "kv_cache": sum(b.attention.cache_values_per_token for b in self.trf_blocks) * batch_size * T
-            * bytes_per_value,
+            "kv_cache": sum(b.attention.new_cache(batch_size, T, "meta", dtype).nbytes for b in self.trf_blocks),
             "activations": int(cfg.n_layers * per_layer_acts * bytes_per_value),
         }
+
+
+_FLOAT_OF_SIZE = {2: torch.bfloat16, 4: torch.float32, 8: torch.float64}

@@ -220,8 +220,6 @@ class MambaMixer(nn.Module):
         """This layer's slot in a ``KVCache``: its state, the same size for any text length."""
         return MambaState(batch_size, self.d_inner, self.d_conv, self.d_state, max_len, device, dtype)
 
-    cache_values_per_token = 0  # the state does not grow with the text
-
     def residual_projections(self) -> list[nn.Linear]:
         return [self.out_proj]
 

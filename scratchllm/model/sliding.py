@@ -73,6 +73,10 @@ class RollingKV(LayerKV):
         self.pos = torch.full((batch_size, sinks + window), -1, dtype=torch.long, device=device)
         self.kept = sinks + window  # every returned key before the new ones: the blocks read all of them
 
+    @property
+    def nbytes(self) -> int:
+        return super().nbytes + self.pos.nbytes
+
     def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, _, T, _ = k.shape
         columns = torch.arange(start, start + T, device=k.device).expand(B, T)

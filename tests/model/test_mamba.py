@@ -157,9 +157,12 @@ def test_the_state_is_the_same_size_for_any_text_length():
     d_inner, d_state, d_conv = 2 * 64, 16, 4
     assert all(isinstance(layer, MambaState) for layer in long.layers)
     assert long.layers[0].nbytes == 4 * (d_inner * d_state + d_inner * (d_conv - 1))
-    assert model.memory_estimate(seq_len=4096)["kv_cache"] == 0
+    state = sum(layer.nbytes for layer in long.layers)  # the state of every layer, not one grows
+    assert model.memory_estimate(seq_len=16)["kv_cache"] == model.memory_estimate(seq_len=4096)["kv_cache"] == state
     hybrid = sharp_model(**HYBRID)  # only the attention layer's keys and values grow with the text
-    assert hybrid.memory_estimate(seq_len=100)["kv_cache"] == 100 * 2 * 64 * 4
+    mamba_state = long.layers[0].nbytes
+    assert hybrid.memory_estimate(seq_len=100)["kv_cache"] == mamba_state + 100 * 2 * 64 * 4
+    assert hybrid.memory_estimate(seq_len=100, bytes_per_value=2)["kv_cache"] == (mamba_state + 100 * 2 * 64 * 4) // 2
 
 
 def test_a_hybrid_pattern_puts_mamba_and_attention_layers_where_it_says():

@@ -64,6 +64,9 @@ def test_flops_and_memory_estimates():
     mem = model.memory_estimate()
     assert mem["weights"] == 4 * 124_412_160 and mem["training_state"] == 4 * mem["weights"]
     assert mem["kv_cache"] == 2 * 12 * 1024 * 768 * 4
+    assert model.memory_estimate(batch_size=3, bytes_per_value=2)["kv_cache"] == 3 * 2 * 12 * 1024 * 768 * 2
+    with pytest.raises(ScratchLLMError, match="bytes_per_value must be one of"):
+        model.memory_estimate(bytes_per_value=3)
 
 
 def test_cli_model_info_prints_both_counts(capsys):

@@ -179,3 +179,16 @@ def test_bad_windows_and_patterns_are_one_line():
         GPTConfig.preset("tiny", attention="sliding_window", window=-3)
     with pytest.raises(ScratchLLMError, match="sinks must be"):
         GPTConfig.preset("tiny", attention="sliding_window", window=4, sinks=-1)
+
+
+def test_memory_estimate_counts_the_ring_not_the_text():
+    model = GPT(GPTConfig.preset("tiny", pos_encoding="rope", context_length=8192, attention="sliding_window",
+                                 window=[16, 0], sinks=2))
+    cache = model.new_cache(2, 8192)  # allocated for real: the oracle
+    allocated = sum(t.nbytes for layer in cache.layers for t in vars(layer).values() if isinstance(t, torch.Tensor))
+    estimate = model.memory_estimate(batch_size=2, seq_len=8192)["kv_cache"]
+    assert estimate == allocated
+    per_token = 2 * 2 * 64 * 4  # keys and values, 2 rows, d_model 64, float32
+    ring = per_token * (16 + 2) + 2 * (16 + 2) * 8  # the window and the sinks, and each slot's position (int64)
+    assert estimate == ring + per_token * 8192  # layer 0 the ring, layer 1 full attention
+    assert model.memory_estimate(batch_size=2, seq_len=4096)["kv_cache"] == ring + per_token * 4096
