@@ -46,7 +46,7 @@ from scratchllm.compress.quantized_layers import QuantizedLinear, fbgemm_availab
 from scratchllm.data.shards import open_prepared, prepare
 from scratchllm.generate import generate
 from scratchllm.interop import load_hf_gpt2
-from scratchllm.model import GPT
+from scratchllm.model import GPT, lay_out_weights
 from scratchllm.train import Score, load_run_config, score_tokens, train
 from scratchllm.train.evaluation import corpus_tokens
 
@@ -195,7 +195,10 @@ def main() -> None:
         prompt = torch.randint(0, 50257, (1, 32), generator=torch.Generator().manual_seed(1))
         save_checkpoint(tmp / "fp32", fp32)
         fp32_bytes = (tmp / "fp32" / "model.safetensors").stat().st_size
-        fp32_speed = decode_tokens_per_second(fp32, prompt, args.new_tokens, args.repeats)
+        # decoded in the layout `scratchllm generate` loads (model/layout.py); the copy keeps fp32 as it was trained
+        decoding = lay_out_weights(copy.deepcopy(fp32))
+        fp32_speed = decode_tokens_per_second(decoding, prompt, args.new_tokens, args.repeats)
+        del decoding
         hf_speed = decode_tokens_per_second(hf, prompt, args.new_tokens, args.repeats, hf=True)
         hf_bytes = (tmp / "hf" / "model.safetensors").stat().st_size
         ref = quality(base)
@@ -217,7 +220,7 @@ def main() -> None:
                 save_checkpoint(tmp / "q", model)
                 del model
                 size = (tmp / "q" / "model.safetensors").stat().st_size
-                loaded, _ = load_checkpoint(tmp / "q")
+                loaded = lay_out_weights(load_checkpoint(tmp / "q")[0])  # as `scratchllm generate` loads it
                 set_kernel(loaded, method.kernel)
                 measured[method.format] = size, decode_tokens_per_second(loaded, prompt, args.new_tokens, args.repeats)
                 del loaded

@@ -9,6 +9,7 @@ from torch import nn
 
 from scratchllm.checkpoint import load_checkpoint, save_checkpoint
 from scratchllm.commands._model import load_model_source
+from scratchllm.generate import generate
 from scratchllm.model import GPT, GPTConfig, contiguous_weights, lay_out_weights
 
 
@@ -69,3 +70,13 @@ def test_the_decoding_commands_load_the_decode_layout(tmp_path):
         linears = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
         assert all(_long_side_contiguous(w) for w in linears) == decoding
         assert all(w.is_contiguous() for w in linears) != decoding
+
+
+def test_greedy_generation_is_the_same_in_either_layout():
+    torch.manual_seed(0)
+    row_major = GPT(_config(tie_embeddings=True)).eval()
+    laid_out = GPT(_config(tie_embeddings=True)).eval()
+    laid_out.load_state_dict(row_major.state_dict())
+    lay_out_weights(laid_out)
+    prompt = torch.randint(0, row_major.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(generate(laid_out, prompt, 12), generate(row_major, prompt, 12))
