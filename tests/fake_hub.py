@@ -4,7 +4,10 @@ transformers makes (for ``--model NAME`` tests, offline: ``HF_ENDPOINT`` points 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -74,3 +77,29 @@ def tiny_gpt2_hub(tmp_path: Path, gpt2_files: tuple[Path, Path]) -> FakeHub:
     server = FakeHub({REPO: folder})
     server.reference = reference
     return server
+
+
+def hub_env(hub: FakeHub, tmp_path: Path) -> dict[str, str]:
+    """The environment of a scratchllm process that downloads from ``hub`` into an empty cache."""
+    return {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "hub-cache")}
+
+
+def run_against_hub(tmp_path: Path, gpt2_files: tuple[Path, Path], command: list[str],
+                    stdin: str | None = None) -> tuple[subprocess.CompletedProcess, torch.nn.Module]:
+    """Run ``python -m scratchllm COMMAND`` against a ``tiny_gpt2_hub`` (closed after); return the
+    finished process and the Hub's model (transformers', the oracle)."""
+    hub = tiny_gpt2_hub(tmp_path, gpt2_files)
+    try:
+        done = subprocess.run([sys.executable, "-m", "scratchllm", *command], input=stdin, env=hub_env(hub, tmp_path),
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        hub.close()
+    return done, hub.reference
+
+
+def reference_greedy(reference: torch.nn.Module, ids: list[int], max_new_tokens: int) -> list[int]:
+    """transformers' own greedy continuation of ``ids`` (GPT-2's end of text, 50256, stops it and is kept)."""
+    with torch.no_grad():
+        out = reference.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=50256, pad_token_id=50256)
+    return out[0, len(ids):].tolist()

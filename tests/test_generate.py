@@ -1,10 +1,6 @@
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
-from fake_hub import REPO, tiny_gpt2_hub
+from fake_hub import REPO, reference_greedy, run_against_hub
 from sharp_models import book_generate, sharp_model
 
 from scratchllm.errors import ScratchLLMError
@@ -183,21 +179,11 @@ def test_seeded_rows_of_a_batch_each_equal_their_row_alone_with_seed_plus_b(use_
 
 def test_cli_generates_from_pretrained_weights_by_name_with_transformers_greedy_text(tmp_path, gpt2_files):
     pytest.importorskip("transformers")
-    hub = tiny_gpt2_hub(tmp_path, gpt2_files)
-    try:
-        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "hub-cache")}
-        command = ["generate", "--model", REPO, "--prompt", "Hello, world!", "--max-new-tokens", "8",
-                   "--temperature", "0"]
-        done = subprocess.run([sys.executable, "-m", "scratchllm", *command], env=env, capture_output=True, text=True,
-                              timeout=300)
-    finally:
-        hub.close()
+    command = ["generate", "--model", REPO, "--prompt", "Hello, world!", "--max-new-tokens", "8", "--temperature", "0"]
+    done, reference = run_against_hub(tmp_path, gpt2_files, command)
     assert done.returncode == 0, done.stderr
     tokenizer = BPETokenizer.from_gpt2_files(*gpt2_files)
-    ids = torch.tensor([tokenizer.encode("Hello, world!")])
-    with torch.no_grad():  # transformers' own greedy loop over the same weights is the oracle
-        new = hub.reference.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=50256,
-                                     pad_token_id=50256)[0, ids.shape[1]:].tolist()
+    new = reference_greedy(reference, tokenizer.encode("Hello, world!"), 8)  # the oracle
     if 50256 in new:
         new = new[: new.index(50256)]
     assert done.stdout == "Hello, world!" + tokenizer.decode(new) + "\n"

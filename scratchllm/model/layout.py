@@ -22,11 +22,6 @@ import torch
 from torch import nn
 
 
-def _long_side_contiguous(weight: torch.Tensor) -> bool:
-    """Whether a (out, in) weight should be stored column-major: out >= in."""
-    return weight.ndim == 2 and weight.shape[0] >= weight.shape[1]
-
-
 def lay_out_weights(module: nn.Module) -> nn.Module:
     """Store every ``nn.Linear`` weight in ``module`` with its longer side contiguous, in place
     (the Parameter objects stay, so optimizers, ties and hooks see no change). Returns ``module``.
@@ -41,7 +36,7 @@ def lay_out_weights(module: nn.Module) -> nn.Module:
         if not isinstance(linear, nn.Linear) or type(linear.weight.data) is not torch.Tensor:
             continue  # a quantized or sharded weight keeps its own layout
         weight = linear.weight.data
-        if _long_side_contiguous(weight):
+        if linear.out_features >= linear.in_features:  # column-major: the (longer) out side contiguous
             if not weight.t().is_contiguous():
                 linear.weight.data = weight.t().contiguous().t()
         elif not weight.is_contiguous():

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from fake_hub import REPO, tiny_gpt2_hub
+from fake_hub import REPO, run_against_hub
 from test_classify import _examples, _model
 
 from scratchllm.checkpoint import load_checkpoint, save_checkpoint
@@ -85,18 +82,12 @@ def test_finetune_classify_starts_from_pretrained_weights_by_name(tmp_path, gpt2
     data = tmp_path / "keywords.jsonl"
     data.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in _examples(40)),
                     encoding="utf-8")
-    hub = tiny_gpt2_hub(tmp_path, gpt2_files)
-    try:
-        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "hub-cache")}
-        command = ["finetune", "classify", "--model", REPO, "--data", str(data), "--out", str(tmp_path / "run"),
-                   "--epochs", "1", "--quiet"]
-        done = subprocess.run([sys.executable, "-m", "scratchllm", *command], env=env, capture_output=True, text=True,
-                              timeout=300)
-    finally:
-        hub.close()
+    command = ["finetune", "classify", "--model", REPO, "--data", str(data), "--out", str(tmp_path / "run"),
+               "--epochs", "1", "--quiet"]
+    done, reference = run_against_hub(tmp_path, gpt2_files, command)
     assert done.returncode == 0, done.stderr
     model, tokenizer = load_checkpoint(tmp_path / "run")
-    reference = hub.reference.transformer
+    reference = reference.transformer
     assert tokenizer.fingerprint() == BPETokenizer.from_gpt2_files(*gpt2_files).fingerprint()
     assert model.config.head_size == 2 and model.config.n_layers == 2 and model.config.d_model == 16
     # --train last-block: the token table and the first block stay the Hub's weights, exactly

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
 import sys
 from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
-from fake_hub import REPO, tiny_gpt2_hub
+from fake_hub import REPO, run_against_hub
 from loopback import LoopbackServer
 from test_instruct import task_records, tiny_model
 
@@ -165,14 +163,8 @@ def test_finetune_dpo_from_the_instruction_tuned_run(pretrained, tmp_path, capsy
 
 def test_chat_talks_to_pretrained_weights_by_name_as_the_engine_answers(tmp_path, gpt2_files):
     pytest.importorskip("transformers")
-    hub = tiny_gpt2_hub(tmp_path, gpt2_files)
-    try:
-        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "hub-cache")}
-        command = ["chat", "--model", REPO, "--template", "chat", "--max-new-tokens", "5", "--temperature", "0"]
-        done = subprocess.run([sys.executable, "-m", "scratchllm", *command], input="Hi\n", env=env,
-                              capture_output=True, text=True, timeout=300)
-    finally:
-        hub.close()
+    command = ["chat", "--model", REPO, "--template", "chat", "--max-new-tokens", "5", "--temperature", "0"]
+    done, _ = run_against_hub(tmp_path, gpt2_files, command, stdin="Hi\n")
     assert done.returncode == 0, done.stderr
     model, tokenizer = load_hf_gpt2(tmp_path / "repo"), BPETokenizer.from_gpt2_files(*gpt2_files)
     answer = respond(model, tokenizer, get_template("chat"), [Conversation((Exchange("Hi"),))], max_new_tokens=5)[0]

@@ -11,8 +11,7 @@ import time
 import httpx
 import openai
 import pytest
-import torch
-from fake_hub import REPO, tiny_gpt2_hub
+from fake_hub import REPO, hub_env, reference_greedy, tiny_gpt2_hub
 from serve_helpers import alone, text_of
 
 from scratchllm.checkpoint import save_checkpoint
@@ -69,7 +68,7 @@ def test_the_command_serves_pretrained_weights_by_name_with_transformers_greedy_
     pytest.importorskip("transformers")
     hub = tiny_gpt2_hub(tmp_path, gpt2_files)
     port = free_port()
-    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "hub-cache")}
+    env = hub_env(hub, tmp_path)
     command = ["serve", "--model", REPO, "--port", str(port), "--max-batch", "2", "--threads", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "scratchllm", *command], env=env, stderr=subprocess.PIPE, text=True)
     try:
@@ -78,10 +77,7 @@ def test_the_command_serves_pretrained_weights_by_name_with_transformers_greedy_
         assert [m.id for m in client.models.list()] == [REPO]
         out = client.completions.create(model=REPO, prompt="Hello, world!", max_tokens=8, temperature=0)
         tokenizer = BPETokenizer.from_gpt2_files(*gpt2_files)
-        ids = torch.tensor([tokenizer.encode("Hello, world!")])
-        with torch.no_grad():  # transformers' own greedy loop over the same weights is the oracle
-            new = hub.reference.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=50256,
-                                         pad_token_id=50256)[0, ids.shape[1]:].tolist()
+        new = reference_greedy(hub.reference, tokenizer.encode("Hello, world!"), 8)  # transformers' own: the oracle
         assert out.choices[0].text == tokenizer.decode([t for t in new if t != 50256])
         assert out.usage.completion_tokens == len(new)
         with pytest.raises(openai.BadRequestError, match="chat template"):  # GPT-2 weights are a base model
